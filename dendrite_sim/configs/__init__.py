@@ -1,0 +1,1 @@
+"""Default TOML configurations, one per model."""

@@ -1,0 +1,207 @@
+"""Integration of a model's vector field: a thin layer over ``torchdiffeq.odeint``.
+
+The neural state ``y`` is ``(B, N)``. With ``plastic=True`` the plastic parameters become ODE
+state too: torchdiffeq integrates the tuple ``(y, *params)`` jointly (coupled mode), the
+weights shared by every example of the batch (their rates are batch averages).
+
+Gate switches (``drive.breakpoints``) split the integration into segments that restart at the
+switch, so adaptive steps never straddle a discontinuity. After each segment the state is
+checked: NaN/inf or ``|y| > max_abs`` raise :class:`~dendrite_sim.errors.NumericalError`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torchdiffeq import odeint, odeint_adjoint
+
+from .errors import NumericalError, check_range
+from .model import Drive, NetworkModel
+
+__all__ = ["simulate", "Trajectory", "integrate_drive", "METHODS"]
+
+METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun", "euler", "midpoint",
+           "heun3", "rk4", "explicit_adams", "implicit_adams", "scipy_solver")
+FIXED_STEP = ("euler", "midpoint", "heun3", "rk4", "explicit_adams", "implicit_adams")
+
+
+@dataclass
+class Trajectory:
+    """Result of :func:`simulate`.
+
+    ``t`` (T,); ``y`` (T, B, N) the neural state; ``layers`` the activity per layer, a list of
+    (T, B, n_i); ``params`` the parameters at the final time (``None`` unless plastic);
+    ``nfev`` the number of vector-field evaluations.
+    """
+
+    t: torch.Tensor
+    y: torch.Tensor
+    model: NetworkModel
+    params: dict | None = None
+    nfev: int = 0
+
+    @property
+    def layers(self) -> list[torch.Tensor]:
+        return self.model.layers(self.y)
+
+    def variable(self, name: str) -> list[torch.Tensor]:
+        """All layers of a named state variable, each (T, B, n_i)."""
+        return self.model.layout.unpack(self.y)[name]
+
+    @property
+    def final(self) -> torch.Tensor:
+        return self.y[-1]
+
+
+class _Field(torch.nn.Module):
+    """``odeint``'s callable; a Module so the adjoint method can find parameters."""
+
+    def __init__(self, model, drive, params, plastic_names):
+        super().__init__()
+        self.model, self.drive, self.params = model, drive, params
+        self.plastic_names = plastic_names
+        self.nfev = 0
+
+    def forward(self, t, state):
+        self.nfev += 1
+        if not self.plastic_names:
+            return self.model.field(t, state, self.drive, self._prepared)
+        params = _unflatten(self.params, self.plastic_names, state[1:])
+        prepared = self.model.prepare(params)
+        rates = self.model.plasticity(t, state[0], self.drive, prepared)
+        dy = self.model.field(t, state[0], self.drive, prepared)
+        return (dy,) + tuple(_flatten_rates(rates, self.params, self.plastic_names))
+
+    def freeze(self):
+        self._prepared = self.model.prepare(self.params)
+        return self
+
+
+def _plastic_slots(params, names):
+    """(name, layer) pairs of the parameters that are integrated."""
+    return [(n, k) for n in names for k, p in enumerate(params.get(n) or []) if p is not None]
+
+
+def _unflatten(params, names, tensors):
+    out = {n: list(v) if isinstance(v, list) else v for n, v in params.items()}
+    for (n, k), p in zip(_plastic_slots(params, names), tensors):
+        out[n][k] = p
+    return out
+
+
+def _flatten_rates(rates, params, names):
+    return [rates[n][k] for n, k in _plastic_slots(params, names)]
+
+
+def _check_finite(y, t_end, max_abs):
+    bad = ~torch.isfinite(y)
+    if bool(bad.any()):
+        raise NumericalError(f"integration produced NaN/inf by t = {float(t_end):.6g} "
+                             "(a state left the domain of an inverse transfer, or blew up)")
+    peak = float(y.abs().max()) if y.numel() else 0.0
+    if peak > max_abs:
+        raise NumericalError(f"integration blew up: |state| reached {peak:.3g} > max_abs="
+                             f"{max_abs:.3g} by t = {float(t_end):.6g}")
+
+
+def _segments(t: torch.Tensor, breakpoints):
+    """Split the output grid at the breakpoints strictly inside it.
+
+    Returns the closed segments and, for their concatenation (each segment after the first
+    without its first point), a mask of the points that were requested in ``t``.
+    """
+    bps = t.new_tensor([float(b) for b in breakpoints])
+    cuts = torch.unique(bps[(bps > t[0]) & (bps < t[-1])])
+    edges = torch.cat([t[:1], cuts, t[-1:]])
+    segs = [torch.cat([a[None], t[(t > a) & (t < b)], b[None]])
+            for a, b in zip(edges[:-1], edges[1:])]
+    grid = torch.cat([segs[0]] + [s[1:] for s in segs[1:]])
+    return segs, torch.isin(grid, t)
+
+
+def integrate_drive(model, drive: Drive, t, y0, params, *, method="dopri5", rtol=1e-6,
+                    atol=1e-8, step_size=None, adjoint=False, plastic=False, max_abs=1e6,
+                    options=None):
+    """Integrate from ``y0`` over the grid ``t`` (restarting at breakpoints).
+
+    Returns ``(ys (T, B, N), final params, nfev)``. Engine-level entry point used by
+    :func:`simulate` and by the training loop.
+    """
+    names = tuple(n for n in model.plastic_params if n in params) if plastic else ()
+    func = _Field(model, drive, params, names)
+    if not names:
+        func.freeze()
+    opts = dict(options or {})
+    if step_size is not None:
+        opts["step_size"] = step_size
+    solver = odeint_adjoint if adjoint else odeint
+    extra = {}
+    if adjoint:
+        extra["adjoint_params"] = tuple(p for ps in params.values() for p in (ps or [])
+                                        if p is not None and p.requires_grad)
+    state = (y0,) + tuple(params[n][k] for n, k in _plastic_slots(params, names)) \
+        if names else y0
+    outputs = []
+    segments, requested = _segments(t, drive.breakpoints)
+    for k, seg in enumerate(segments):
+        sol = solver(func, state, seg, method=method, rtol=rtol, atol=atol,
+                     options=opts or None, **extra)
+        ys = sol[0] if names else sol
+        _check_finite(ys[-1] if not names else torch.cat([s[-1].flatten() for s in sol]),
+                      seg[-1], max_abs)
+        outputs.append(ys if k == 0 else ys[1:])
+        state = tuple(s[-1] for s in sol) if names else sol[-1]
+    final_params = _unflatten(params, names, state[1:]) if names else None
+    return torch.cat(outputs)[requested], final_params, func.nfev
+
+
+def simulate(model: NetworkModel, x, t, target=None, *, method="dopri5", rtol=1e-6, atol=1e-8,
+             step_size=None, adjoint=False, y0=None, gates=None, breakpoints=(), params=None,
+             plastic=False, max_abs=1e6, options=None) -> Trajectory:
+    """Integrate a batch of networks from ``y0`` (default: the forward pass) over times ``t``.
+
+    Parameters
+    ----------
+    model : a network model, e.g. :class:`dendrite_sim.models.Mixture`.
+    x : input ``(B, n_0)`` (or ``(n_0,)``), model dtype and device, finite.
+    t : increasing 1-D times (tensor or sequence); output is reported there.
+    target : ``None`` (free), a ``(B, n_L)`` tensor (clamp) or a teaching object
+        (:class:`~dendrite_sim.teaching.Nudge`).
+    method : any torchdiffeq method (``dopri5`` default; ``rk4``/``euler`` need ``step_size``).
+    rtol, atol : tolerances of adaptive methods.
+    adjoint : use ``odeint_adjoint`` (memory-light gradients through the solution).
+    y0 : initial state ``(B, N)``; default: the model's ``initial_state``.
+    gates, breakpoints : time-dependent gates ``t -> dict`` and the times where they jump.
+    params : parameters to use instead of ``model.params``.
+    plastic : integrate the model's plasticity rules jointly with the activity.
+    max_abs : a state beyond this magnitude is reported as a blow-up.
+    """
+    drive = model.drive(x, target, gates, breakpoints)
+    t = _check_times(t, model)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}; got {method!r}")
+    if method in FIXED_STEP and step_size is None and not (options or {}).get("step_size"):
+        raise ValueError(f"method {method!r} is fixed-step: give step_size > 0")
+    if step_size is not None:
+        check_range("step_size", step_size, low=0.0, low_open=True)
+    check_range("rtol", rtol, low=0.0, low_open=True)
+    check_range("atol", atol, low=0.0, low_open=True)
+    params = model.params if params is None else params
+    if y0 is None:
+        y0 = model.initial_state(drive, model.prepare(params))
+    else:
+        y0 = model.check_state(y0, drive.batch_size)
+    ys, final, nfev = integrate_drive(model, drive, t, y0, params, method=method, rtol=rtol,
+                                      atol=atol, step_size=step_size, adjoint=adjoint,
+                                      plastic=plastic, max_abs=max_abs, options=options)
+    return Trajectory(t, ys, model, final, nfev)
+
+
+def _check_times(t, model) -> torch.Tensor:
+    t = torch.as_tensor(t, dtype=model.dtype, device=model.device)
+    if t.dim() != 1 or t.numel() < 2:
+        raise ValueError(f"t must be a 1-D sequence of at least 2 times; got shape "
+                         f"{tuple(t.shape)}")
+    if not bool(torch.isfinite(t).all()) or not bool((t[1:] > t[:-1]).all()):
+        raise ValueError("t must be finite and strictly increasing")
+    return t

@@ -1,0 +1,136 @@
+"""The model interface the engine integrates and analyses (generic over network models).
+
+A model is a set of parameters plus a vector field over a flat, batched neural state
+``y`` of shape ``(B, N)`` described by a :class:`~dendrite_sim.layout.Layout`. Parameters are a
+dict ``{name: [tensor or None per layer]}`` (``W[i-1]`` maps layer ``i-1`` to layer ``i``) and
+are passed to the vector field explicitly, so plasticity can integrate them as ODE state.
+
+Everything that is not state or parameters enters through a :class:`Drive`: the input ``x``
+(held constant during a presentation), the teaching signal, and time-dependent gates
+(phase gates, an oscillating gate ``gamma(t)``) with the times where they jump.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from .errors import check_tensor
+from .layout import Layout
+from .teaching import Teaching, as_teaching
+
+__all__ = ["Drive", "NetworkModel", "Params"]
+
+Params = dict  # {name: list[torch.Tensor | None]}
+
+
+def _no_gates(t) -> dict:
+    return {}
+
+
+@dataclass
+class Drive:
+    """External inputs of the vector field at time ``t``.
+
+    ``gates(t)`` returns a dict of named gate values (floats or 0-d tensors); a missing gate
+    takes the default given to :meth:`gate`. ``breakpoints`` are the times where gates jump:
+    the integrator restarts there so adaptive steps never straddle a switch.
+    """
+
+    x: torch.Tensor
+    teaching: Teaching
+    gates: Callable[[float], dict] = _no_gates
+    breakpoints: tuple = ()
+    extras: dict = field(default_factory=dict)
+
+    def gate(self, name: str, t, default: float = 1.0):
+        return self.gates(t).get(name, default)
+
+    @property
+    def batch_size(self) -> int:
+        return self.x.shape[0]
+
+
+class NetworkModel:
+    """Base class of network models. Subclasses set ``sizes``, ``layout``, ``params`` and
+    implement :meth:`field`; models with plasticity implement :meth:`plasticity`.
+
+    Attributes
+    ----------
+    sizes : list of layer widths ``[n_0, n_1, ..., n_L]`` (``n_0`` is the input).
+    layout : the neural state layout; the variable named ``activity`` (default ``"h"``) holds
+        the somatic rates returned as ``.layers`` by the analysis verbs.
+    params : ``{name: [tensor | None per layer]}``.
+    """
+
+    activity = "h"
+    #: parameter names the model has plasticity rules for (subset of ``params``)
+    plastic_params: tuple[str, ...] = ()
+
+    sizes: list[int]
+    layout: Layout
+    params: Params
+    dtype: torch.dtype
+    device: torch.device
+
+    # -- to implement -----------------------------------------------------------------------
+    def field(self, t, y: torch.Tensor, drive: Drive, prepared) -> torch.Tensor:
+        """``dy/dt`` at ``(t, y)`` for a batch, ``(B, N)``."""
+        raise NotImplementedError
+
+    def prepare(self, params: Params):
+        """Quantities computed from the parameters alone (e.g. factorisations); default: as is."""
+        return params
+
+    def plasticity(self, t, y: torch.Tensor, drive: Drive, prepared) -> Params:
+        """Batch-averaged ``d(param)/dt`` for each name in ``plastic_params``."""
+        raise NotImplementedError(f"{type(self).__name__} has no plasticity rules")
+
+    def initial_state(self, drive: Drive, prepared) -> torch.Tensor:
+        """Default initial state: the forward pass for the activity, zeros elsewhere."""
+        raise NotImplementedError
+
+    # -- shared -----------------------------------------------------------------------------
+    @property
+    def depth(self) -> int:
+        return len(self.sizes) - 1
+
+    @property
+    def state_size(self) -> int:
+        return self.layout.size
+
+    def layers(self, y: torch.Tensor) -> list[torch.Tensor]:
+        """The per-layer activity blocks ``[h_1, ..., h_L]`` of a state ``(..., N)``."""
+        return self.layout.unpack(y)[self.activity]
+
+    def drive(self, x, target=None, gates=None, breakpoints=()) -> Drive:
+        """Validate ``x`` and ``target`` against the model and bundle them as a :class:`Drive`."""
+        x = check_tensor("x", x, self.sizes[0], self.dtype, self.device)
+        teaching = as_teaching(target).bind(self.sizes[-1], self.dtype, self.device)
+        y = getattr(teaching, "y", None)
+        if y is not None and y.shape[0] != x.shape[0]:
+            raise ValueError(f"target must have the batch size of x ({x.shape[0]}); "
+                             f"got {y.shape[0]}")
+        return Drive(x, teaching, gates or _no_gates, tuple(breakpoints))
+
+    def check_state(self, y, batch: int) -> torch.Tensor:
+        """Validate a user-supplied state ``(B, N)``."""
+        y = check_tensor("state", y, self.state_size, self.dtype, self.device)
+        if y.shape[0] != batch:
+            raise ValueError(f"state must have the batch size of x ({batch}); got {y.shape[0]}")
+        return y
+
+    def replace(self, **changes) -> "NetworkModel":
+        """A copy sharing the parameter tensors, with attributes in ``changes`` replaced."""
+        clone = copy.copy(self)
+        for name, value in changes.items():
+            if not hasattr(self, name):
+                raise ValueError(f"{type(self).__name__} has no parameter {name!r}")
+            setattr(clone, name, value)
+        clone._validate()
+        return clone
+
+    def _validate(self) -> None:
+        """Re-check hyper-parameters after :meth:`replace`; subclasses extend."""
