@@ -1,0 +1,222 @@
+"""Figures of simulations, spectra, continuations and learning runs (matplotlib).
+
+Every function builds on a :class:`matplotlib.figure.Figure` created without pyplot (so no
+global figure state, no GUI, safe under the Agg backend and in threads), or on the ``ax`` /
+``fig`` passed in, and returns the Figure. Nothing is ever shown; write a figure with
+:func:`save`, which replaces the target file atomically.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+__all__ = ["plot_activity", "plot_eigenvalues", "plot_continuation", "plot_learning_curves",
+           "plot_layer_diagnostics", "save"]
+
+PANEL = (6.0, 2.2)  # width, height of one panel (inches)
+
+
+# -- helpers ---------------------------------------------------------------------------------
+def _np(a) -> np.ndarray:
+    return a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+
+
+def _axis(ax):
+    """``(figure, ax)``: the given axes or a new single-panel figure."""
+    if ax is not None:
+        return ax.figure, ax
+    fig = Figure(figsize=(PANEL[0], 1.8 * PANEL[1]), layout="constrained")
+    return fig, fig.add_subplot()
+
+
+def _panels(n: int, fig=None, sharex=True):
+    """``(figure, [ax] * n)`` stacked vertically, on ``fig`` (must be empty) or a new one."""
+    if n < 1:
+        raise ValueError("nothing to plot: need at least one panel")
+    if fig is None:
+        fig = Figure(figsize=(PANEL[0], PANEL[1] * n), layout="constrained")
+    elif fig.axes:
+        raise ValueError("fig must be empty (it already has axes)")
+    return fig, list(fig.subplots(n, 1, sharex=sharex, squeeze=False)[:, 0])
+
+
+def _check_example(example: int, batch: int) -> int:
+    if not isinstance(example, (int, np.integer)) or not 0 <= example < batch:
+        raise ValueError(f"example must be an integer in [0, {batch - 1}]; got {example!r}")
+    return int(example)
+
+
+def _shade_phases(ax, phases):
+    for k, (start, end, label) in enumerate(phases or ()):
+        ax.axvspan(start, end, color=f"C{k % 10}", alpha=0.12, lw=0)
+        ax.text(0.5 * (start + end), 1.0, label, transform=ax.get_xaxis_transform(),
+                ha="center", va="bottom", fontsize="small")
+
+
+def _gamma_values(gamma, t: np.ndarray) -> np.ndarray:
+    values = np.array([float(gamma(s)) for s in t]) if callable(gamma) else _np(gamma)
+    if values.shape != t.shape:
+        raise ValueError(f"gamma must be a callable of t or an array of shape {t.shape}; got "
+                         f"shape {values.shape}")
+    return values
+
+
+# -- activity --------------------------------------------------------------------------------
+def plot_activity(trajectory, example: int = 0, phases=None, gamma=None, fig=None) -> Figure:
+    """Somatic rates of one example, one panel per layer (one line per unit) against ``t``.
+
+    ``phases``: list of ``(start, end, label)`` shaded on every panel; ``gamma``: a callable
+    ``t -> value`` or an array over ``trajectory.t``, drawn on a twin axis of every panel.
+    """
+    t = _np(trajectory.t)
+    layers = trajectory.layers
+    example = _check_example(example, layers[0].shape[1])
+    gamma_t = None if gamma is None else _gamma_values(gamma, t)
+    fig, axes = _panels(len(layers), fig)
+    for i, (ax, h) in enumerate(zip(axes, layers), start=1):
+        ax.plot(t, _np(h[:, example]), lw=1)
+        ax.set_ylabel(f"h[{i}]")
+        _shade_phases(ax, phases)
+        if gamma_t is not None:
+            twin = ax.twinx()
+            twin.plot(t, gamma_t, color="k", ls="--", lw=1)
+            twin.set_ylabel("gamma")
+    axes[-1].set_xlabel("t")
+    return fig
+
+
+# -- spectra ---------------------------------------------------------------------------------
+def plot_eigenvalues(spectrum, example=None, ax=None) -> Figure:
+    """Eigenvalues in the complex plane (imaginary axis marked); ``spectrum`` is a
+    :class:`~dendrite_sim.Spectrum` or a complex tensor ``(B, N)`` / ``(N,)``; ``example``
+    selects one row (default: all)."""
+    ev = _np(getattr(spectrum, "eigenvalues", spectrum))
+    ev = ev.reshape(1, -1) if ev.ndim == 1 else ev
+    if example is not None:
+        ev = ev[_check_example(example, ev.shape[0])][None]
+    fig, ax = _axis(ax)
+    ax.axvline(0.0, color="k", lw=1)
+    ax.axhline(0.0, color="0.7", lw=0.5)
+    for b, row in enumerate(ev):
+        ax.plot(row.real, row.imag, "o", ms=4, alpha=0.7,
+                label=f"example {b if example is None else example}")
+    ax.set_xlabel("Re λ")
+    ax.set_ylabel("Im λ")
+    if len(ev) <= 10:
+        ax.legend(fontsize="small")
+    return fig
+
+
+def plot_continuation(cont, example=None, ax=None) -> Figure:
+    """Max real part against the swept parameter, all real parts as a light scatter, the 0
+    line, points where ``fixed_point`` did not converge (open circles) and the loss of
+    stability (vertical dotted line)."""
+    v = _np(cont.values)
+    rows = list(range(cont.max_real.shape[1])) if example is None else \
+        [_check_example(example, cont.max_real.shape[1])]
+    fig, ax = _axis(ax)
+    ax.axhline(0.0, color="k", lw=1)
+    loss = _np(cont.loss_of_stability)
+    flagged = False
+    for b in rows:
+        color = f"C{b % 10}"
+        real = _np(cont.eigenvalues[:, b].real)
+        ax.scatter(np.repeat(v, real.shape[1]), real.ravel(), s=6, color=color, alpha=0.15)
+        top, bad = _np(cont.max_real[:, b]), ~_np(cont.converged[:, b])
+        ax.plot(v, top, "-o", ms=3, color=color, label=f"example {b}")
+        ax.plot(v[bad], top[bad], "o", ms=8, mfc="none", color="r",
+                label=None if not bad.any() or flagged else "not converged")
+        flagged = flagged or bool(bad.any())
+        if np.isfinite(loss[b]):
+            ax.axvline(loss[b], color=color, ls=":", lw=1)
+    ax.set_xlabel(cont.parameter)
+    ax.set_ylabel("Re λ  (max: line)")
+    if len(rows) <= 10:
+        ax.legend(fontsize="small")
+    return fig
+
+
+# -- learning --------------------------------------------------------------------------------
+X_KEYS = ("examples", "time", "t", "step", "steps", "epoch")
+SPLITS = ("train", "test", "val", "valid", "validation")
+
+
+def _series(name, value, x_default):
+    """``(x, y)`` of a history entry: an array (against the x key) or an ``(x, y)`` pair."""
+    if isinstance(value, tuple) and len(value) == 2:
+        return _np(value[0]), _np(value[1])
+    y = _np(value)
+    x = x_default if x_default is not None and len(x_default) == len(y) else np.arange(len(y))
+    return x, y
+
+
+def plot_learning_curves(history: dict, x=None, fig=None) -> Figure:
+    """Learning curves, one panel per metric, one line per split.
+
+    Keys ``"<split>_<metric>"`` with split one of ``train``, ``test``, ``val``, ``valid``,
+    ``validation`` (e.g. ``train_loss``, ``test_accuracy``) are grouped by metric; other keys
+    are their own metric. Values are arrays plotted against ``history[x]`` (default
+    the first of ``examples``, ``time``, ``t``, ``step``, ``steps``, ``epoch`` present, else the
+    index) or ``(x, y)`` pairs.
+    """
+    x = x if x is not None else next((k for k in X_KEYS if k in history), None)
+    x_values = None if x is None else _np(history[x])
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for key in history:
+        if key == x:
+            continue
+        split, _, metric = key.partition("_")
+        metric, label = (metric, split) if split in SPLITS and metric else (key, key)
+        groups.setdefault(metric, []).append((key, label))
+    fig, axes = _panels(len(groups), fig)
+    for ax, (metric, entries) in zip(axes, groups.items()):
+        for key, label in entries:
+            ax.plot(*_series(key, history[key], x_values), label=label)
+        ax.set_ylabel(metric)
+        ax.legend(fontsize="small")
+    axes[-1].set_xlabel(x or "index")
+    return fig
+
+
+def plot_layer_diagnostics(diagnostics: dict, steps=None, fig=None) -> Figure:
+    """One panel per diagnostic ``name -> (steps, L)`` array, one line per layer."""
+    fig, axes = _panels(len(diagnostics), fig)
+    for ax, (name, values) in zip(axes, diagnostics.items()):
+        values = _np(values)
+        values = values[:, None] if values.ndim == 1 else values
+        s = np.arange(len(values)) if steps is None else _np(steps)
+        for layer in range(values.shape[1]):
+            ax.plot(s, values[:, layer], label=f"layer {layer + 1}")
+        ax.set_ylabel(name)
+        ax.legend(fontsize="small")
+    axes[-1].set_xlabel("step")
+    return fig
+
+
+# -- output ----------------------------------------------------------------------------------
+def save(fig: Figure, path, **savefig_kwargs) -> Path:
+    """Write ``fig`` to ``path`` atomically: render into a temporary file in the same
+    directory, then ``os.replace`` it onto ``path``. On any error the temporary file is
+    removed and an existing ``path`` is left untouched. The format follows the suffix
+    (default PNG). Returns the path."""
+    path = Path(path)
+    fmt = savefig_kwargs.pop("format", path.suffix.lstrip(".").lower() or "png")
+    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            fig.savefig(handle, format=fmt, **savefig_kwargs)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path

@@ -1,0 +1,323 @@
+"""Input validation (ValueError naming the parameter and its allowed range) and honest numerical
+failure (NumericalError / converged=False) at the public boundary of dendrite_sim."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import dendrite_sim as ds
+from dendrite_sim.models import Mixture
+
+F64 = torch.float64
+
+
+def model64(**kw):
+    args = dict(sizes=[4, 4, 4], mu=0.2, feedback="exact", transfer="leaky_relu", seed=0,
+                dtype=F64)
+    args.update(kw)
+    return Mixture(**args)
+
+
+X = torch.zeros(2, 4, dtype=F64) + 0.1
+
+
+# ----------------------------------------------------------------------------------------------
+# model construction
+# ----------------------------------------------------------------------------------------------
+def test_exact_inverse_needs_equal_sizes():
+    with pytest.raises(ValueError, match=r"(?s)feedback.*sizes") as info:
+        Mixture([4, 5, 4], feedback="exact")
+    assert "[4, 5, 4]" in str(info.value)
+    Mixture([4, 5, 4], feedback="learned")  # fine with learned feedback
+
+
+@pytest.mark.parametrize("mu", [0.0, 0.5, -1.0, math.nan, 0.7, math.inf])
+def test_mu_outside_open_interval(mu):
+    with pytest.raises(ValueError, match=r"mu must lie in \(0(\.0)?, 0\.5\)"):
+        model64(mu=mu)
+
+
+@pytest.mark.parametrize("mu", [1e-6, 0.25, 0.499999])
+def test_mu_inside_interval_accepted(mu):
+    assert model64(mu=mu).mu == mu
+
+
+@pytest.mark.parametrize("tau", [0.0, -1.0, math.nan])
+def test_tau_not_positive(tau):
+    with pytest.raises(ValueError, match=r"tau must lie in \(0(\.0)?, "):
+        model64(tau=tau)
+
+
+@pytest.mark.parametrize("name", ["relu", "softplus", "TANH"])
+def test_unknown_transfer(name):
+    with pytest.raises(ValueError, match="transfer must be one of"):
+        model64(transfer=name)
+
+
+def test_slope_out_of_range_in_model():
+    with pytest.raises(ValueError, match=r"slope must lie in \(0(\.0)?, 1(\.0)?\]"):
+        model64(slope=0.0)
+
+
+def test_unknown_feedback_and_form_and_bad_sizes():
+    with pytest.raises(ValueError, match="feedback must be one of"):
+        model64(feedback="approximate")
+    with pytest.raises(ValueError, match="form must be one of"):
+        model64(feedback="learned", form="dtp")
+    with pytest.raises(ValueError, match="sizes"):
+        Mixture([4])
+    with pytest.raises(ValueError, match="sizes"):
+        Mixture([4, 0, 3], feedback="learned")
+
+
+def test_replace_revalidates_mu():
+    m = model64()
+    with pytest.raises(ValueError, match=r"mu must lie in"):
+        m.replace(mu=0.6)
+
+
+# ----------------------------------------------------------------------------------------------
+# inputs and targets of the verbs
+# ----------------------------------------------------------------------------------------------
+VERBS = {
+    "simulate": lambda m, x, target=None: ds.simulate(m, x, [0.0, 0.1], target=target),
+    "fixed_point": lambda m, x, target=None: ds.fixed_point(m, x, target=target),
+    "jacobian": lambda m, x, target=None: ds.jacobian(
+        m, x, torch.zeros(x.shape[0] if x.dim() == 2 else 1, 8, dtype=F64), target=target),
+}
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_x_wrong_width(verb):
+    with pytest.raises(ValueError, match=r"x must have shape \(batch, 4\); got \(2, 5\)"):
+        VERBS[verb](model64(), torch.zeros(2, 5, dtype=F64))
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_x_wrong_dtype(verb):
+    with pytest.raises(ValueError, match=r"x must have dtype torch.float64"):
+        VERBS[verb](model64(), torch.zeros(2, 4, dtype=torch.float32))
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_x_wrong_device(verb):
+    x = torch.zeros(2, 4, dtype=F64, device="meta")
+    with pytest.raises(ValueError, match=r"x must be on device cpu"):
+        VERBS[verb](model64(), x)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("verb", VERBS)
+def test_x_not_finite(verb, bad):
+    x = X.clone()
+    x[1, 2] = bad
+    with pytest.raises(ValueError, match=r"x must be finite"):
+        VERBS[verb](model64(), x)
+
+
+def test_x_not_a_tensor():
+    with pytest.raises(ValueError, match=r"x must be a torch.Tensor"):
+        ds.simulate(model64(), np.zeros((2, 4)), [0.0, 1.0])
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_target_wrong_width(verb):
+    with pytest.raises(ValueError, match=r"target must have shape \(batch, 4\); got \(2, 3\)"):
+        VERBS[verb](model64(), X, torch.zeros(2, 3, dtype=F64))
+    with pytest.raises(ValueError, match=r"target must have shape \(batch, 4\)"):
+        VERBS[verb](model64(), X, ds.Nudge(torch.zeros(2, 5, dtype=F64), "mse"))
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+@pytest.mark.parametrize("verb", VERBS)
+def test_target_not_finite(verb, bad):
+    y = torch.zeros(2, 4, dtype=F64)
+    y[0, 1] = bad
+    with pytest.raises(ValueError, match=r"target must be finite"):
+        VERBS[verb](model64(), X, y)
+    with pytest.raises(ValueError, match=r"target must be finite"):
+        VERBS[verb](model64(), X, ds.Nudge(y, "mse"))
+
+
+def test_target_wrong_dtype_and_batch():
+    with pytest.raises(ValueError, match=r"target must have dtype torch.float64"):
+        ds.simulate(model64(), X, [0.0, 1.0], target=torch.zeros(2, 4))
+    with pytest.raises(ValueError, match=r"target must have the batch size of x \(2\)"):
+        ds.simulate(model64(), X, [0.0, 1.0], target=torch.zeros(3, 4, dtype=F64))
+
+
+def test_nudge_arguments():
+    with pytest.raises(ValueError, match=r"loss must be one of"):
+        ds.Nudge(torch.zeros(2, 4, dtype=F64), loss="hinge")
+    with pytest.raises(ValueError, match=r"eta_hat must lie in \(0(\.0)?, inf"):
+        ds.Nudge(torch.zeros(2, 4, dtype=F64), eta_hat=0.0)
+    with pytest.raises(ValueError, match=r"target labels must lie in \[0, 3\]"):
+        ds.simulate(model64(), X, [0.0, 1.0],
+                    target=ds.Nudge(torch.tensor([0, 4]), loss="cross_entropy"))
+    with pytest.raises(ValueError, match=r"target must be None"):
+        ds.simulate(model64(), X, [0.0, 1.0], target=[0.0, 1.0, 0.0, 0.0])
+
+
+def test_state_wrong_shape_for_jacobian():
+    with pytest.raises(ValueError, match=r"state must have shape \(batch, 8\)"):
+        ds.jacobian(model64(), X, torch.zeros(2, 7, dtype=F64))
+    with pytest.raises(ValueError, match=r"state must have the batch size of x \(2\)"):
+        ds.jacobian(model64(), X, torch.zeros(3, 8, dtype=F64))
+
+
+# ----------------------------------------------------------------------------------------------
+# transfer domain
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("bad", [1.0, -1.0, 1.5, -3.0])
+def test_tanh_inverse_outside_domain(bad):
+    m = model64(transfer="tanh")
+    y = torch.tensor([0.2, bad], dtype=F64)
+    with pytest.raises(ValueError, match=r"tanh inverse.*\(-1(\.0)?, 1(\.0)?\)"):
+        m.pathways.transfers[0].inverse(y)
+    with pytest.raises(ValueError, match=r"tanh inverse.*\(-1(\.0)?, 1(\.0)?\)"):
+        ds.make_transfer("tanh").inverse(y)
+
+
+# ----------------------------------------------------------------------------------------------
+# integration arguments
+# ----------------------------------------------------------------------------------------------
+def test_unknown_method():
+    with pytest.raises(ValueError, match=r"method must be one of"):
+        ds.simulate(model64(), X, [0.0, 1.0], method="rk45")
+    with pytest.raises(ValueError, match=r"method must be one of"):
+        ds.fixed_point(model64(), X, method="bisection")
+
+
+@pytest.mark.parametrize("method", ["euler", "rk4", "midpoint"])
+def test_fixed_step_method_needs_step_size(method):
+    with pytest.raises(ValueError, match=r"step_size"):
+        ds.simulate(model64(), X, [0.0, 1.0], method=method)
+    tr = ds.simulate(model64(), X, [0.0, 1.0], method=method, step_size=0.1)
+    assert tr.layers[0].shape == (2, 2, 4)
+
+
+@pytest.mark.parametrize("step", [0.0, -0.1, math.nan])
+def test_step_size_must_be_positive(step):
+    with pytest.raises(ValueError, match=r"step_size must lie in \(0"):
+        ds.simulate(model64(), X, [0.0, 1.0], method="rk4", step_size=step)
+
+
+@pytest.mark.parametrize("t", [[0.0, 1.0, 1.0], [1.0, 0.0], [0.0, 2.0, 1.0], [0.0, math.nan],
+                               [0.0, math.inf]])
+def test_times_must_increase_strictly(t):
+    with pytest.raises(ValueError, match=r"t must be finite and strictly increasing"):
+        ds.simulate(model64(), X, t)
+
+
+@pytest.mark.parametrize("t", [[0.0], [], [[0.0, 1.0]]])
+def test_times_shape(t):
+    with pytest.raises(ValueError, match=r"t must be a 1-D sequence of at least 2 times"):
+        ds.simulate(model64(), X, t)
+
+
+@pytest.mark.parametrize("name", ["rtol", "atol"])
+def test_tolerances_positive(name):
+    with pytest.raises(ValueError, match=name + r" must lie in \(0"):
+        ds.simulate(model64(), X, [0.0, 1.0], **{name: 0.0})
+
+
+# ----------------------------------------------------------------------------------------------
+# numerical failure is reported, never silent
+# ----------------------------------------------------------------------------------------------
+def _unstable_linear(gain=10.0):
+    """Identity transfer, exact inverses, feedback gain c = 10, mu = 0.1, L = 3: the clamped
+    linearisation has eigenvalues -1 + 2 sqrt(c mu (1-mu)) cos(k pi/4) (closed form of
+    test_jacobian.py), the largest +0.342 > 0, so any state away from the equilibrium grows
+    like exp(0.342 t)."""
+    return Mixture([3, 3, 3, 3], mu=0.1, feedback="exact", transfer="identity", seed=1,
+                   dtype=F64, feedback_gain=gain)
+
+
+def _tanh_out_of_range():
+    """tanh, exact inverses, mu = 0.4, clamp target 5: the top layer is pulled to
+    h_L ~ 0.6 tanh(.) + 0.4 * 5 > 1, where g_{L-1} = W^{-1} atanh(h_L) is NaN. No equilibrium
+    exists (at any fixed point h_L >= 2 - 0.6 > 1)."""
+    m = Mixture([3, 3, 3], mu=0.4, feedback="exact", transfer="tanh", seed=1, dtype=F64)
+    x = 0.3 * torch.randn(2, 3, generator=torch.Generator().manual_seed(0), dtype=F64)
+    return m, x, torch.full((2, 3), 5.0, dtype=F64)
+
+
+def test_blow_up_raises_numerical_error():
+    m = _unstable_linear()
+    x = torch.ones(2, 3, dtype=F64)
+    with pytest.raises(ds.NumericalError, match="blew up"):
+        ds.simulate(m, x, [0.0, 60.0], target=torch.zeros(2, 3, dtype=F64))
+
+
+def test_nan_with_fixed_step_raises_numerical_error():
+    m, x, y = _tanh_out_of_range()
+    with pytest.raises(ds.NumericalError, match="NaN"):
+        ds.simulate(m, x, [0.0, 10.0], target=y, method="rk4", step_size=0.01)
+
+
+ADAPTIVE_NAN_BUG = (
+    "engine bug: with an adaptive method, a NaN/inf inside the step makes torchdiffeq "
+    "raise AssertionError('underflow in dt 0.0') (rk_common.py:284) before "
+    "integrate.py's _check_finite runs; integrate_drive should catch it around the "
+    "solver(...) call and raise NumericalError")
+
+
+@pytest.mark.xfail(strict=True, reason=ADAPTIVE_NAN_BUG)
+def test_nan_with_adaptive_method_raises_numerical_error():
+    m, x, y = _tanh_out_of_range()
+    with pytest.raises(ds.NumericalError):
+        ds.simulate(m, x, [0.0, 20.0], target=y)
+
+
+@pytest.mark.xfail(strict=True, reason=ADAPTIVE_NAN_BUG)
+def test_overflow_to_inf_with_adaptive_method_raises_numerical_error():
+    m = _unstable_linear(gain=100.0)  # growth rate ~ +3.2: exp(3.2 * 1000) overflows
+    x = torch.ones(2, 3, dtype=F64)
+    with pytest.raises(ds.NumericalError):
+        ds.simulate(m, x, [0.0, 1000.0], target=torch.zeros(2, 3, dtype=F64))
+
+
+@pytest.mark.xfail(strict=True, reason=ADAPTIVE_NAN_BUG + " (fixed_point's fallback "
+                   "integration only catches NumericalError, so the AssertionError escapes)")
+def test_fixed_point_without_equilibrium_is_honest():
+    m, x, y = _tanh_out_of_range()
+    try:
+        eq = ds.fixed_point(m, x, target=y)
+    except ds.NumericalError:
+        return
+    assert not bool(eq.converged.any())
+    assert not bool((eq.residual <= eq.tol).any())
+
+
+def test_fixed_point_of_unstable_system_is_a_true_equilibrium():
+    """An unstable but existing equilibrium: if fixed_point claims convergence the point must
+    really be a root (checked with an independent numpy field), and spectrum says unstable."""
+    m = _unstable_linear()
+    rng = np.random.default_rng(3)
+    x, yc = rng.standard_normal((2, 3)), rng.standard_normal((2, 3))
+    eq = ds.fixed_point(m, torch.tensor(x), target=torch.tensor(yc))
+    W = [w.numpy() for w in m.params["W"]]
+    h = [x] + [l.numpy() for l in eq.layers]
+    mu, c = 0.1, 10.0
+    F = [-h[1] + (1 - mu) * h[0] @ W[0].T + mu * c * np.linalg.solve(W[1], h[2].T).T,
+         -h[2] + (1 - mu) * h[1] @ W[1].T + mu * c * np.linalg.solve(W[2], h[3].T).T,
+         -h[3] + (1 - mu) * h[2] @ W[2].T + mu * yc]
+    residual = np.abs(np.concatenate(F, -1)).max(-1)
+    converged = eq.converged.numpy()
+    assert np.all(residual[converged] < 1e-8)
+    np.testing.assert_allclose(eq.residual.numpy(), residual, atol=1e-12)
+    assert converged.all()  # linear and nonsingular: Newton solves it exactly
+    sp = ds.spectrum(m, torch.tensor(x), eq, target=torch.tensor(yc))
+    assert not bool(sp.stable.any())
+
+
+def test_fixed_point_by_integration_of_unstable_system_does_not_converge():
+    """Integration cannot reach an unstable equilibrium: the result must say so (or raise)."""
+    m = _unstable_linear()
+    x = torch.ones(2, 3, dtype=F64)
+    try:
+        eq = ds.fixed_point(m, x, target=torch.zeros(2, 3, dtype=F64), method="integrate")
+    except ds.NumericalError:
+        return
+    assert not bool(eq.converged.any())

@@ -1,0 +1,168 @@
+"""Figures: each plot function returns a Figure with the expected axes and renders to PNG
+through ``save``, which writes atomically."""
+import os
+
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
+
+import dendrite_sim as ds
+from dendrite_sim import plots
+from dendrite_sim.continuation import continuation
+from dendrite_sim.models import Mixture
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+F64 = torch.float64
+
+
+@pytest.fixture(scope="module")
+def model():
+    return Mixture([4, 4, 4, 4], mu=0.2, dtype=F64, seed=1)
+
+
+@pytest.fixture(scope="module")
+def x():
+    return torch.randn(2, 4, dtype=F64, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(scope="module")
+def trajectory(model, x):
+    target = ds.Nudge(torch.zeros(2, 4, dtype=F64), eta_hat=0.5)
+    return ds.simulate(model, x, torch.linspace(0, 5, 41, dtype=F64), target)
+
+
+def assert_png(fig, path):
+    assert isinstance(fig, Figure)
+    out = plots.save(fig, path)
+    assert out == path and path.is_file() and path.stat().st_size > 0
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    assert sorted(p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")) == []
+
+
+def test_module_never_uses_pyplot():
+    # figures are built without pyplot: no global state, no GUI, never shown
+    import inspect
+    source = inspect.getsource(plots)
+    assert "matplotlib.pyplot" not in source and "show(" not in source
+
+
+def test_plot_activity(trajectory, tmp_path):
+    fig = plots.plot_activity(trajectory, example=1)
+    assert len(fig.axes) == 3                                   # one panel per layer
+    assert len(fig.axes[0].lines) == 4                          # one line per unit
+    assert_png(fig, tmp_path / "activity.png")
+
+
+def test_plot_activity_with_phases_and_gamma(trajectory, tmp_path):
+    phases = [(0.0, 2.5, "free"), (2.5, 5.0, "nudge")]
+    fig = plots.plot_activity(trajectory, phases=phases, gamma=lambda t: 0.5 + 0.5 * np.cos(t))
+    assert len(fig.axes) == 6                                   # 3 panels + 3 twin axes
+    fig2 = plots.plot_activity(trajectory, gamma=np.ones(41))
+    assert len(fig2.axes) == 6
+    assert_png(fig, tmp_path / "activity_phases.png")
+    with pytest.raises(ValueError, match="gamma"):
+        plots.plot_activity(trajectory, gamma=np.ones(3))
+    with pytest.raises(ValueError, match="example"):
+        plots.plot_activity(trajectory, example=2)
+
+
+def test_plot_eigenvalues(model, x, tmp_path):
+    spec = ds.spectrum(model, x, ds.fixed_point(model, x))
+    fig = plots.plot_eigenvalues(spec)
+    assert len(fig.axes) == 1
+    assert_png(fig, tmp_path / "eig.png")
+    fig = plots.plot_eigenvalues(spec.eigenvalues, example=0)   # a tensor, one example
+    assert len(fig.axes) == 1 and len(fig.axes[0].lines) == 3   # 2 axis lines + 1 example
+    assert plots.plot_eigenvalues(spec.eigenvalues[0]).axes     # (N,) accepted
+    with pytest.raises(ValueError, match="example"):
+        plots.plot_eigenvalues(spec, example=5)
+
+
+def test_plot_on_given_axes(model, x):
+    fig = Figure()
+    ax = fig.add_subplot(1, 2, 2)
+    spec = ds.spectrum(model, x, ds.fixed_point(model, x))
+    assert plots.plot_eigenvalues(spec, ax=ax) is fig and len(fig.axes) == 1
+
+
+def test_plot_continuation(model, x, tmp_path):
+    cont = continuation(model, x, "feedback_gain", [1.0, 3.0, 5.0, 5.5],
+                        max_iter=10, settle_time=1.0)
+    assert np.isfinite(cont.loss_of_stability.numpy()).all()
+    fig = plots.plot_continuation(cont)
+    assert len(fig.axes) == 1
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "feedback_gain"
+    assert len(ax.collections) == 2                             # real-part scatter per example
+    assert_png(fig, tmp_path / "cont.png")
+    assert len(plots.plot_continuation(cont, example=0).axes) == 1
+
+
+def test_plot_learning_curves(tmp_path):
+    n = np.arange(0, 500, 50)
+    history = {"examples": n, "train_loss": np.exp(-n / 200), "test_loss": np.exp(-n / 250),
+               "train_accuracy": 1 - np.exp(-n / 200), "test_accuracy": (n[::2], n[::2] / 500),
+               "learning_rate": np.full(len(n), 0.01)}
+    fig = plots.plot_learning_curves(history)
+    assert len(fig.axes) == 3                                   # loss, accuracy, learning_rate
+    assert [len(ax.lines) for ax in fig.axes] == [2, 2, 1]
+    assert fig.axes[-1].get_xlabel() == "examples"
+    assert_png(fig, tmp_path / "learning.png")
+    # simulated time on the x axis, chosen explicitly
+    fig = plots.plot_learning_curves({"time": n * 0.1, "examples": n, "train_loss": n}, x="time")
+    assert len(fig.axes) == 2                                   # train_loss and examples
+    assert fig.axes[-1].get_xlabel() == "time"
+
+
+def test_plot_layer_diagnostics(tmp_path):
+    rng = np.random.default_rng(0)
+    diagnostics = {"|dW|": rng.random((20, 3)), "cos(dW, grad)": torch.rand(20, 3),
+                   "max Re λ": -rng.random(20)}
+    fig = plots.plot_layer_diagnostics(diagnostics, steps=np.arange(20) * 10)
+    assert len(fig.axes) == 3
+    assert [len(ax.lines) for ax in fig.axes] == [3, 3, 1]
+    assert_png(fig, tmp_path / "diag.png")
+    with pytest.raises(ValueError, match="at least one panel"):
+        plots.plot_layer_diagnostics({})
+
+
+def test_multi_panel_functions_accept_an_empty_figure(trajectory):
+    fig = Figure()
+    assert plots.plot_activity(trajectory, fig=fig) is fig and len(fig.axes) == 3
+    with pytest.raises(ValueError, match="empty"):
+        plots.plot_activity(trajectory, fig=fig)
+
+
+def test_save_replaces_existing_file(tmp_path):
+    path = tmp_path / "fig.png"
+    path.write_bytes(b"old")
+    fig = plots.plot_layer_diagnostics({"a": np.ones((3, 2))})
+    assert_png(fig, path)
+    assert os.listdir(tmp_path) == ["fig.png"]
+
+
+def test_save_error_leaves_target_and_no_temp_file(tmp_path, monkeypatch):
+    path = tmp_path / "fig.png"
+    path.write_bytes(b"precious")
+    fig = plots.plot_layer_diagnostics({"a": np.ones((3, 2))})
+
+    def broken(handle, **kwargs):
+        handle.write(b"partial")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(fig, "savefig", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        plots.save(fig, path)
+    assert path.read_bytes() == b"precious"
+    assert os.listdir(tmp_path) == ["fig.png"]
+    # same for a target that does not exist yet: nothing is created
+    with pytest.raises(RuntimeError):
+        plots.save(fig, tmp_path / "new.png")
+    assert os.listdir(tmp_path) == ["fig.png"]
+
+
+def test_save_into_missing_directory_fails_cleanly(tmp_path):
+    fig = plots.plot_layer_diagnostics({"a": np.ones((3, 2))})
+    with pytest.raises(FileNotFoundError):
+        plots.save(fig, tmp_path / "missing" / "fig.png")
