@@ -71,6 +71,11 @@ class _Residual:
         self.nfev += 1
         return self.model.field(0.0, y, self.drive, self.prepared)
 
+    def subset(self, index) -> "_Residual":
+        sub = _Residual(self.model, self.drive.subset(index), self.prepared)
+        sub.nfev = self.nfev
+        return sub
+
     def jvp(self, y, v):
         self.nfev += 1
         return torch.func.jvp(lambda u: self.model.field(0.0, u, self.drive, self.prepared),
@@ -85,11 +90,21 @@ def _norm(v):
     return v.abs().amax(-1)
 
 
-def _batched_gmres(matvec, rhs, restart=40, max_restarts=5, rel_tol=1e-6):
-    """Solve ``A_b x_b = rhs_b`` for each example with GMRES(restart), ``A`` via ``matvec``.
+def _hessenberg_lstsq(hess, beta, m):
+    """``argmin_c ||beta e1 - H_m c||`` for the ``(B, m+1, m)`` Hessenberg matrices, with the
+    least-squares residual norm (the GMRES residual) per example."""
+    e1 = hess.new_zeros(hess.shape[0], m + 1, 1)
+    e1[:, 0, 0] = beta
+    q, rr = torch.linalg.qr(hess[:, :m + 1, :m])
+    coef = torch.linalg.solve_triangular(rr, q.transpose(1, 2) @ e1, upper=True)
+    return coef[:, :, 0], (e1 - hess[:, :m + 1, :m] @ coef).norm(dim=(1, 2))
 
-    Arnoldi with modified Gram-Schmidt, batched; the small least-squares problems are solved
-    by QR of the ``(B, m+1, m)`` Hessenberg matrices. Returns ``x`` ``(B, N)``.
+
+def _batched_gmres(matvec, rhs, rel_tol, restart=30, max_restarts=4):
+    """Solve ``A_b x_b = rhs_b`` per example with GMRES(restart), ``A`` given by ``matvec``.
+
+    Batched Arnoldi (modified Gram-Schmidt); the small least-squares problems are solved by
+    QR. Stops when every example's residual is below ``rel_tol_b * ||rhs_b||``.
     """
     x = torch.zeros_like(rhs)
     target = rel_tol * rhs.norm(dim=-1)
@@ -100,74 +115,82 @@ def _batched_gmres(matvec, rhs, restart=40, max_restarts=5, rel_tol=1e-6):
             break
         basis = [r / beta.clamp_min(1e-300)[:, None]]
         hess = rhs.new_zeros(rhs.shape[0], restart + 1, restart)
-        m = restart
         for j in range(restart):
             w = matvec(basis[j])
             for i, v in enumerate(basis):
-                hij = (w * v).sum(-1)
-                hess[:, i, j] = hij
-                w = w - hij[:, None] * v
-            hnorm = w.norm(dim=-1)
-            hess[:, j + 1, j] = hnorm
-            if bool((hnorm <= 1e-12 * beta.clamp_min(1e-300)).all()):
-                m = j + 1
+                hess[:, i, j] = (w * v).sum(-1)
+                w = w - hess[:, i, j, None] * v
+            hess[:, j + 1, j] = w.norm(dim=-1)
+            basis.append(w / hess[:, j + 1, j].clamp_min(1e-300)[:, None])
+            coef, lsq_res = _hessenberg_lstsq(hess, beta, j + 1)
+            if bool((lsq_res <= target).all()):
                 break
-            basis.append(w / hnorm.clamp_min(1e-300)[:, None])
-        H = hess[:, :m + 1, :m]
-        e1 = rhs.new_zeros(rhs.shape[0], m + 1)
-        e1[:, 0] = beta
-        q, rr = torch.linalg.qr(H)
-        coef = torch.linalg.solve_triangular(rr, (q.transpose(1, 2) @ e1[:, :, None]),
-                                             upper=True)[:, :, 0]
-        x = x + torch.einsum("bm,mbn->bn", coef, torch.stack(basis[:m]))
+        x = x + torch.einsum("bm,mbn->bn", coef, torch.stack(basis[:coef.shape[1]]))
     return x
 
 
-def _transient_newton_step(residual, y, F, inv_dt, dense: bool, gmres_tol: float):
-    """Solve ``(I/dt - J) s = F`` per example (dense LU, or GMRES on JVPs)."""
+def _newton_direction(residual, y, F, dense: bool):
+    """``-J^{-1} F`` per example: dense batched LU solve, or inexact GMRES on JVPs with the
+    forcing term ``min(0.1, ||F||)`` (Eisenstat & Walker), floored at the dtype's precision."""
     if dense:
-        J = residual.jacobian(y)
-        eye = torch.eye(J.shape[-1], dtype=J.dtype, device=J.device)
-        # batched solve: safe with the default thread count (SPEC §5b, guarded by a test)
-        return torch.linalg.solve(inv_dt[:, None, None] * eye - J, F)
-    return _batched_gmres(lambda v: inv_dt[:, None] * v - residual.jvp(y, v), F,
-                          rel_tol=gmres_tol)
+        # batched solve is exact with the default thread count (SPEC §5b; guarded by a test)
+        return torch.linalg.solve(residual.jacobian(y), -F)
+    floor = 1e-10 if F.dtype == torch.float64 else 1e-5
+    forcing = F.norm(dim=-1).clamp(min=floor, max=0.1)
+    return _batched_gmres(lambda v: residual.jvp(y, v), -F, forcing)
 
 
-def _pseudo_transient(residual, y, tol, max_iter, dense, dt0):
-    """Pseudo-transient continuation (Kelley & Keyes 1998) toward ``F(y) = 0``.
+def _line_search(residual, y, F0, step, tries=10):
+    """Per-example backtracking on ``||F||_2``: halve until it decreases (Armijo, c=1e-4).
 
-    Each step is a linearised implicit-Euler step of size ``dt`` (per example); ``dt`` grows
-    as the residual falls (switched evolution relaxation, ``dt <- dt * res_old / res_new``), so
-    early steps follow the stable dynamics and late steps are Newton steps (quadratic
-    convergence). A step that raises the residual tenfold or is not finite is rejected and
-    ``dt`` is cut by 4.
+    Returns the new states, their residual vectors and a mask of the examples that moved.
+    """
+    merit0 = F0.norm(dim=-1)
+    alpha = torch.ones_like(merit0)
+    new_y, new_F = y.clone(), F0.clone()
+    pending = torch.ones_like(merit0, dtype=torch.bool)
+    for _ in range(tries):
+        cand = y + alpha[:, None] * step
+        F = residual(cand)
+        merit = F.norm(dim=-1)
+        better = pending & torch.isfinite(merit) & (merit <= (1 - 1e-4 * alpha) * merit0)
+        new_y = torch.where(better[:, None], cand, new_y)
+        new_F = torch.where(better[:, None], F, new_F)
+        pending &= ~better
+        if not bool(pending.any()):
+            break
+        alpha = alpha / 2
+    return new_y, new_F, ~pending
+
+
+def _newton(residual, y, tol, max_iter, dense):
+    """Damped Newton on the examples still above ``tol``; stalled examples stop early.
+
+    Returns ``(y, residual (B,), iterations)``.
     """
     F = residual(y)
     res = _norm(F)
-    dt = torch.full_like(res, dt0)
-    eps = torch.finfo(y.dtype).eps
+    stalled = torch.zeros_like(res, dtype=torch.bool)
     iterations = 0
-    for iterations in range(1, max_iter + 1):
-        active = res > tol
-        if not bool(active.any()):
-            return y, res, iterations - 1
-        step = _transient_newton_step(residual, y, F, 1.0 / dt, dense,
-                                      gmres_tol=max(100 * eps, 1e-4))
-        cand = y + step
-        F_cand = residual(cand)
-        res_cand = _norm(F_cand)
-        ok = active & torch.isfinite(res_cand) & (res_cand < 10 * res)
-        y = torch.where(ok[:, None], cand, y)
-        F = torch.where(ok[:, None], F_cand, F)
-        growth = torch.where(ok, res / res_cand.clamp_min(1e-300), torch.full_like(dt, 0.25))
-        dt = (dt * growth).clamp(max=1e12)
-        res = torch.where(ok, res_cand, res)
+    while iterations < max_iter:
+        active = ((res > tol) & ~stalled).nonzero().flatten()
+        if active.numel() == 0:
+            break
+        iterations += 1
+        sub = residual.subset(active)
+        ya, Fa = y[active], F[active]
+        step = _newton_direction(sub, ya, Fa, dense)
+        step = torch.where(torch.isfinite(step), step, torch.zeros_like(step))
+        ya, Fa, moved = _line_search(sub, ya, Fa, step)
+        residual.nfev = sub.nfev
+        y, F = y.index_copy(0, active, ya), F.index_copy(0, active, Fa)
+        res = _norm(F)
+        stalled = stalled.index_copy(0, active, ~moved)
     return y, res, iterations
 
 
 def fixed_point(model: NetworkModel, x, target=None, *, y0=None, tol=None, max_iter=50,
-                method="auto", dense_limit=1024, settle_time=None, params=None,
+                method="auto", dense_limit=None, settle_time=None, params=None,
                 gates=None) -> Equilibrium:
     """Batched equilibrium of ``model`` for input ``x`` and teaching ``target``.
 
@@ -178,12 +201,17 @@ def fixed_point(model: NetworkModel, x, target=None, *, y0=None, tol=None, max_i
     tol : residual tolerance on ``max |dy/dt|``; default 1e-10 (float64) or 1e-5 (float32).
     max_iter : Newton iterations per attempt, >= 1.
     method : ``"auto"`` (dense Newton if ``N <= dense_limit`` else Newton–Krylov),
-        ``"newton"``, ``"newton_krylov"`` or ``"integrate"`` (integration only).
+        ``"newton"``, ``"newton_krylov"`` or ``"integrate"`` (integration, then no polish).
+    dense_limit : largest ``N`` for dense Jacobians in ``"auto"`` (default 64: a dense
+        Jacobian costs about ``N`` field evaluations, a Krylov step a few tens).
     settle_time : integration horizon of the fallback; default ``200 * model time scale``.
+    gates : constant gates ``t -> dict`` (e.g. a phase's), as in :func:`simulate`.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}; got {method!r}")
     max_iter = int(check_range("max_iter", max_iter, low=1))
+    dense_limit = 64 if dense_limit is None else int(check_range("dense_limit", dense_limit,
+                                                                  low=1))
     drive = model.drive(x, target, gates)
     params = model.params if params is None else params
     prepared = model.prepare(params)
@@ -194,40 +222,48 @@ def fixed_point(model: NetworkModel, x, target=None, *, y0=None, tol=None, max_i
     residual = _Residual(model, drive, prepared)
     dense = method == "newton" or (method == "auto" and model.state_size <= dense_limit)
     chosen = "integrate" if method == "integrate" else ("newton" if dense else "newton_krylov")
-    iterations, used_fallback = 0, False
+    horizon = settle_time if settle_time is not None else 200.0 * _time_scale(model)
     with torch.no_grad():
-        if chosen != "integrate":
-            y, res, iterations = _pseudo_transient(residual, y, tol, max_iter, dense,
-                                                   _time_scale(model))
+        if chosen == "integrate":
+            y, res, iterations = y, _norm(residual(y)), 0
         else:
-            res = _norm(residual(y))
-        if bool((~(res <= tol)).any()):
-            used_fallback = True
+            y, res, iterations = _newton(residual, y, tol, max_iter, dense)
+        used_fallback = bool((res > tol).any() | ~torch.isfinite(res).all())
+        if used_fallback:
             y, res, more = _settle_and_polish(model, drive, params, residual, y, res, tol,
-                                              max_iter, dense, settle_time, chosen)
+                                              max_iter, dense, float(horizon), chosen)
             iterations += more
     return Equilibrium(y, model, res, res <= tol, iterations, residual.nfev, chosen,
                        used_fallback, tol)
 
 
-def _settle_and_polish(model, drive, params, residual, y, res, tol, max_iter, dense,
-                       settle_time, chosen):
-    """Integrate the unconverged examples toward steady state, then polish with Newton."""
-    horizon = settle_time if settle_time is not None else 200.0 * _time_scale(model)
-    t = torch.tensor([0.0, float(horizon)], dtype=model.dtype, device=model.device)
-    finite = torch.isfinite(res)[:, None]
-    start = torch.where(finite, y, model.initial_state(drive, residual.prepared))
-    try:
-        ys, _, nfev = integrate_drive(model, drive, t, start, params, rtol=1e-8, atol=1e-10)
-    except NumericalError:  # a diverging example: report what Newton reached
-        return y, res, 0
-    residual.nfev += nfev
-    settled = ys[-1]
-    better = _norm(residual(settled)) < res
-    y = torch.where(better[:, None], settled, y)
-    if chosen == "integrate":
-        return y, _norm(residual(y)), 0
-    return _pseudo_transient(residual, y, tol, max_iter, dense, _time_scale(model))
+def _settle_and_polish(model, drive, params, residual, y, res, tol, max_iter, dense, horizon,
+                       chosen, rounds=4):
+    """Integrate the unconverged examples toward steady state in ``rounds`` stretches of
+    ``horizon / rounds``, polishing with Newton after each stretch."""
+    start_over = ~torch.isfinite(res)
+    y = torch.where(start_over[:, None], model.initial_state(drive, residual.prepared), y)
+    iterations = 0
+    for _ in range(rounds):
+        todo = (~(res <= tol)).nonzero().flatten()
+        if todo.numel() == 0:
+            break
+        t = torch.tensor([0.0, horizon / rounds], dtype=model.dtype, device=model.device)
+        try:
+            ys, _, nfev = integrate_drive(model, drive.subset(todo), t, y[todo], params,
+                                          rtol=1e-7, atol=1e-9)
+        except NumericalError:  # a diverging example: report what was reached
+            break
+        residual.nfev += nfev
+        y = y.index_copy(0, todo, ys[-1])
+        if chosen != "integrate":
+            sub = residual.subset(todo)
+            ya, _, more = _newton(sub, y[todo], tol, max_iter, dense)
+            residual.nfev = sub.nfev
+            iterations += more
+            y = y.index_copy(0, todo, ya)
+        res = _norm(residual(y))
+    return y, res, iterations
 
 
 def _time_scale(model) -> float:

@@ -144,8 +144,12 @@ def integrate_drive(model, drive: Drive, t, y0, params, *, method="dopri5", rtol
     outputs = []
     segments, requested = _segments(t, drive.breakpoints)
     for k, seg in enumerate(segments):
-        sol = solver(func, state, seg, method=method, rtol=rtol, atol=atol,
-                     options=opts or None, **extra)
+        try:
+            sol = solver(func, state, seg, method=method, rtol=rtol, atol=atol,
+                         options=opts or None, **extra)
+        except AssertionError as err:  # torchdiffeq: "underflow in dt" and the like
+            raise NumericalError(f"integration failed in [{float(seg[0]):.6g}, "
+                                 f"{float(seg[-1]):.6g}]: {err}") from None
         ys = sol[0] if names else sol
         _check_finite(ys[-1] if not names else torch.cat([s[-1].flatten() for s in sol]),
                       seg[-1], max_abs)

@@ -52,6 +52,11 @@ class Drive:
     def batch_size(self) -> int:
         return self.x.shape[0]
 
+    def subset(self, index: torch.Tensor) -> "Drive":
+        """The drive of the examples ``index`` of the batch (gates are shared)."""
+        return Drive(self.x[index], self.teaching.subset(index), self.gates, self.breakpoints,
+                     self.extras)
+
 
 class NetworkModel:
     """Base class of network models. Subclasses set ``sizes``, ``layout``, ``params`` and

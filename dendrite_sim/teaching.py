@@ -54,6 +54,10 @@ class Teaching:
     def output_target(self, h_out: torch.Tensor, gate: float = 1.0) -> torch.Tensor:
         raise NotImplementedError
 
+    def subset(self, index: torch.Tensor) -> "Teaching":
+        """The teaching signal of the examples ``index`` of the batch."""
+        return self
+
 
 class Free(Teaching):
     """No teaching: the output is short-circuited, ``h_L^trgt = h_L``."""
@@ -80,6 +84,9 @@ class Clamp(Teaching):
 
     def output_target(self, h_out, gate=1.0):
         return h_out + gate * (self.y - h_out)
+
+    def subset(self, index):
+        return Clamp(self.y[index])
 
     def __repr__(self):
         return f"Clamp(y of shape {tuple(self.y.shape)})"
@@ -114,6 +121,9 @@ class Nudge(Teaching):
 
     def output_target(self, h_out, gate=1.0):
         return h_out - gate * self.eta_hat * self.gradient(h_out)
+
+    def subset(self, index):
+        return Nudge(self.y[index], self.loss, self.eta_hat)
 
     def __repr__(self):
         return f"Nudge(loss={self.loss!r}, eta_hat={self.eta_hat})"

@@ -91,6 +91,12 @@ class Mixture(NetworkModel):
     def prepare(self, params):
         return self.pathways.prepare(params)
 
+    def default_schedule(self, T=None):
+        """``Schedule.single_phase(T)`` (§6.4–6.5: teaching on, ``W`` and ``Q`` plastic
+        together); ``T`` defaults to ``20 * tau``."""
+        from dendrite_sim.schedule import Schedule
+        return Schedule.single_phase(20.0 * self.tau if T is None else T)
+
     # -- dynamics ---------------------------------------------------------------------------
     def basal(self, h, P):
         """``[f_1(x), ..., f_L(h_{L-1})]`` for ``h = [x, h_1, ..., h_L]``."""

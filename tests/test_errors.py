@@ -256,30 +256,23 @@ def test_nan_with_fixed_step_raises_numerical_error():
         ds.simulate(m, x, [0.0, 10.0], target=y, method="rk4", step_size=0.01)
 
 
-ADAPTIVE_NAN_BUG = (
-    "engine bug: with an adaptive method, a NaN/inf inside the step makes torchdiffeq "
-    "raise AssertionError('underflow in dt 0.0') (rk_common.py:284) before "
-    "integrate.py's _check_finite runs; integrate_drive should catch it around the "
-    "solver(...) call and raise NumericalError")
-
-
-@pytest.mark.xfail(strict=True, reason=ADAPTIVE_NAN_BUG)
+# Regression guards: at commit 7c35452 an adaptive method hitting NaN/inf made torchdiffeq raise
+# AssertionError('underflow in dt 0.0') (rk_common.py:284) before integrate.py's _check_finite
+# ran, and fixed_point's fallback (which only catches NumericalError) let it escape.
 def test_nan_with_adaptive_method_raises_numerical_error():
     m, x, y = _tanh_out_of_range()
     with pytest.raises(ds.NumericalError):
         ds.simulate(m, x, [0.0, 20.0], target=y)
 
 
-@pytest.mark.xfail(strict=True, reason=ADAPTIVE_NAN_BUG)
 def test_overflow_to_inf_with_adaptive_method_raises_numerical_error():
-    m = _unstable_linear(gain=100.0)  # growth rate ~ +3.2: exp(3.2 * 1000) overflows
+    m = _unstable_linear(gain=100.0)  # growth rate ~ +3.2 from a start near the float max
     x = torch.ones(2, 3, dtype=F64)
+    y0 = torch.full((2, 9), 1e300, dtype=F64)
     with pytest.raises(ds.NumericalError):
-        ds.simulate(m, x, [0.0, 1000.0], target=torch.zeros(2, 3, dtype=F64))
+        ds.simulate(m, x, [0.0, 1000.0], target=torch.zeros(2, 3, dtype=F64), y0=y0)
 
 
-@pytest.mark.xfail(strict=True, reason=ADAPTIVE_NAN_BUG + " (fixed_point's fallback "
-                   "integration only catches NumericalError, so the AssertionError escapes)")
 def test_fixed_point_without_equilibrium_is_honest():
     m, x, y = _tanh_out_of_range()
     try:
@@ -290,26 +283,58 @@ def test_fixed_point_without_equilibrium_is_honest():
     assert not bool((eq.residual <= eq.tol).any())
 
 
-def test_fixed_point_of_unstable_system_is_a_true_equilibrium():
-    """An unstable but existing equilibrium: if fixed_point claims convergence the point must
-    really be a root (checked with an independent numpy field), and spectrum says unstable."""
+def _linear_equilibrium(m, x, yc):
+    """The equilibrium of the linear network (identity transfer, exact inverses, gain c),
+    solved directly with numpy: rows i of  -h_i + (1-mu) W_i h_{i-1} + mu c W_{i+1}^{-1} h_{i+1}
+    (+ mu y for the top row) = 0."""
+    W = [w.numpy() for w in m.params["W"]]
+    mu, c, n, L = m.mu, m.feedback_gain, 3, 3
+    A = -np.eye(n * L)
+    for i in range(1, L):
+        A[i * n:(i + 1) * n, (i - 1) * n:i * n] = (1 - mu) * W[i]
+        A[(i - 1) * n:i * n, i * n:(i + 1) * n] = mu * c * np.linalg.inv(W[i])
+    rhs = np.zeros((x.shape[0], n * L))
+    rhs[:, :n] = -(1 - mu) * x @ W[0].T
+    rhs[:, -n:] = -mu * yc
+    return np.linalg.solve(A, rhs.T).T, A
+
+
+def test_fixed_point_of_unstable_system_is_honest():
+    """An unstable but existing equilibrium (linear, nonsingular): whatever fixed_point returns,
+    its flags must tell the truth -- residual equal to the independent numpy |dy/dt|, and
+    converged only where the state is the numpy-solved equilibrium -- and the spectrum there
+    is unstable."""
     m = _unstable_linear()
     rng = np.random.default_rng(3)
     x, yc = rng.standard_normal((2, 3)), rng.standard_normal((2, 3))
+    y_true, A = _linear_equilibrium(m, x, yc)
     eq = ds.fixed_point(m, torch.tensor(x), target=torch.tensor(yc))
-    W = [w.numpy() for w in m.params["W"]]
-    h = [x] + [l.numpy() for l in eq.layers]
-    mu, c = 0.1, 10.0
-    F = [-h[1] + (1 - mu) * h[0] @ W[0].T + mu * c * np.linalg.solve(W[1], h[2].T).T,
-         -h[2] + (1 - mu) * h[1] @ W[1].T + mu * c * np.linalg.solve(W[2], h[3].T).T,
-         -h[3] + (1 - mu) * h[2] @ W[2].T + mu * yc]
-    residual = np.abs(np.concatenate(F, -1)).max(-1)
-    converged = eq.converged.numpy()
-    assert np.all(residual[converged] < 1e-8)
-    np.testing.assert_allclose(eq.residual.numpy(), residual, atol=1e-12)
-    assert converged.all()  # linear and nonsingular: Newton solves it exactly
-    sp = ds.spectrum(m, torch.tensor(x), eq, target=torch.tensor(yc))
+    y = eq.y.numpy()
+    rhs = np.zeros_like(y)
+    rhs[:, :3] = -(1 - m.mu) * x @ m.params["W"][0].numpy().T
+    rhs[:, -3:] = -m.mu * yc
+    residual = np.abs(y @ A.T - rhs).max(-1)  # |dy/dt| (tau = 1) from the numpy matrix
+    np.testing.assert_allclose(eq.residual.numpy(), residual, rtol=1e-9, atol=1e-12)
+    conv = eq.converged.numpy()
+    assert np.array_equal(conv, residual <= eq.tol)
+    np.testing.assert_allclose(y[conv], y_true[conv], atol=1e-8)  # cond(A) ~ 18
+    sp = ds.spectrum(m, torch.tensor(x), torch.tensor(y_true), target=torch.tensor(yc))
     assert not bool(sp.stable.any())
+    assert np.linalg.eigvals(A).real.max() == pytest.approx(sp.max_real[0].item(), abs=1e-10)
+
+
+def test_fixed_point_finds_unstable_equilibrium_of_linear_system():
+    """SPEC §3 asks for root-finding, not only integration: an unstable equilibrium of a
+    nonsingular linear system (cond 18) is one Newton step away. (Regression guard: the
+    pseudo-transient solver of commit 7c35452 followed the dynamics away from it and ended
+    with residual ~50, converged=False.)"""
+    m = _unstable_linear()
+    rng = np.random.default_rng(3)
+    x, yc = rng.standard_normal((2, 3)), rng.standard_normal((2, 3))
+    y_true, _ = _linear_equilibrium(m, x, yc)
+    eq = ds.fixed_point(m, torch.tensor(x), target=torch.tensor(yc))
+    assert bool(eq.converged.all())
+    np.testing.assert_allclose(eq.y.numpy(), y_true, atol=1e-8)
 
 
 def test_fixed_point_by_integration_of_unstable_system_does_not_converge():

@@ -381,32 +381,45 @@ def thesis_matrix(Js, mu, n):
 def test_random_block_tridiagonal_jacobians_are_stable(record_property, capsys):
     """5000 random cases as in §6.7: depth L in 2..6, width 2..8, mu ~ U(0, 0.5), J_i = D W with
     W Gaussian of random scale sigma = 10^U(-1, 1) and D a random positive diagonal (leaky-ReLU
-    like derivatives in [0.1, 1]). All eigenvalues must have negative real part, and they must
-    be the closed form (module docstring). Tolerance of the comparison: the eigenvalues are
-    n-fold but semisimple, so rounding moves them by ~eps * cond(S) with S the similarity of the
-    docstring, whose condition grows as the product of cond(J_i); measured deviations reach
-    ~1e-6 for the worst draws (cond products ~1e6), hence 1e-4."""
+    like derivatives in [0.1, 1]). All computed eigenvalues must have negative real part and
+    must be the closed form (module docstring) up to rounding. Tolerance per case
+    (Bauer-Fike): the matrix is diagonalised by V = S (V_T (x) I), so LAPACK's backward error
+    E (||E|| <~ N eps ||A||) moves eigenvalues by at most cond(S) cond(V_T) N eps ||A||; with
+    Gaussian blocks cond(S) (a product of cond(J_i)) reaches ~1e8, hence a per-case bound
+    rather than a fixed one (measured: deviations <= 0.22 x bound, largest 1.8e-3)."""
     rng = np.random.default_rng(2024)
-    worst, worst_dev, worst_bound = -np.inf, 0.0, -np.inf
+    worst, worst_bound, worst_dev, worst_ratio, uncertified = -np.inf, -np.inf, 0.0, 0.0, 0
+    eps = np.finfo(float).eps
     for _ in range(5000):
         L, n, mu = int(rng.integers(2, 7)), int(rng.integers(2, 9)), rng.uniform(0.0, 0.5)
         sigma = 10 ** rng.uniform(-1, 1)
         Js = [rng.uniform(0.1, 1.0, n)[:, None] * sigma * rng.standard_normal((n, n))
               for _ in range(L - 1)]
-        ev = np.linalg.eigvals(thesis_matrix(Js, mu, n))
+        A = thesis_matrix(Js, mu, n)
+        ev = np.linalg.eigvals(A)
         cf = np.repeat(closed_form(L, mu), n)
+        S = [np.eye(n)]
+        for J in Js:
+            S.append(J @ S[-1])
+        sv = [np.linalg.svd(blk, compute_uv=False) for blk in S]
+        cond_S = max(v[0] for v in sv) / min(v[-1] for v in sv)
+        T = -np.eye(L) + (1 - mu) * np.eye(L, k=-1) + mu * np.eye(L, k=1)
+        cond_VT = np.linalg.cond(np.linalg.eig(T)[1])
+        bound = cond_S * cond_VT * len(A) * eps * np.linalg.norm(A, 2)
+        dev = max(np.abs(np.sort(ev.real) - np.sort(cf)).max(), np.abs(ev.imag).max())
+        assert dev <= bound, (L, n, mu, dev, bound)
         worst = max(worst, ev.real.max())
         worst_bound = max(worst_bound, cf.max())
-        worst_dev = max(worst_dev, np.abs(np.sort(ev.real) - np.sort(cf)).max(),
-                        np.abs(ev.imag).max())
+        worst_dev, worst_ratio = max(worst_dev, dev), max(worst_ratio, dev / bound)
+        uncertified += bound >= -cf.max()
     with capsys.disabled():
-        print(f"\n§6.7: 5000 random networks: largest real part {worst:.6f} (closed-form sup "
-              f"{worst_bound:.6f}; bound -1 + cos(pi/7) = {-1 + np.cos(np.pi / 7):.6f}); "
-              f"max deviation from closed form {worst_dev:.1e}")
+        print(f"\n§6.7: 5000 random networks: largest real part {worst:.8f} (closed-form sup "
+              f"{worst_bound:.8f} < -1 + cos(pi/7) = {-1 + np.cos(np.pi / 7):.8f}); max "
+              f"deviation from closed form {worst_dev:.1e} (<= {worst_ratio:.2f} x its rounding "
+              f"bound; {uncertified} draws too ill-conditioned for the bound to certify the sign)")
     record_property("max_real_part_random_networks", float(worst))
     assert worst < 0
     assert worst_bound < -1 + np.cos(np.pi / 7) + 1e-12
-    assert worst_dev < 1e-4
 
 
 @pytest.mark.parametrize("mu", [0.01, 0.1, 0.25, 0.4, 0.499])

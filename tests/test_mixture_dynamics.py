@@ -192,7 +192,7 @@ TRAJ_CASES = [
     ([4, 4, 4, 4], "tanh", "exact", False, "ce", "inverse", 1.0),
     ([4, 4, 4, 4], "tanh", "exact", False, "free", "inverse", 2.0),
     ([3, 3, 3], "identity", "exact", True, "clamp", "inverse", 1.0),
-    ([5, 4, 3, 2], "leaky_relu", "learned", True, "ce", "inverse", 1.0),
+    ([5, 4, 3, 2], "leaky_relu", "learned", True, "mse", "inverse", 1.0),
     ([5, 4, 3, 2], "leaky_relu", "learned", False, "free", "inverse", 1.0),
     ([5, 4, 3, 2], "tanh", "learned", False, "clamp", "inverse", 1.0),
     ([5, 4, 3, 2], "tanh", "learned", True, "mse", "inverse", 1.0),

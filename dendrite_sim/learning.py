@@ -1,0 +1,351 @@
+"""Showing one example (or mini-batch) to a network for one :class:`Schedule` (design: issue 3).
+
+:func:`present` runs a schedule of phases (free / learning / sleep) on a batch and returns the
+parameters it ends with. Two modes:
+
+``"coupled"``
+    The exact continuous-time system: one ODE for the activity, the slow traces and the
+    weights, integrated by :func:`~dendrite_sim.integrate.integrate_drive` with
+    ``plastic=True`` over the whole schedule, gates from the schedule and a restart at every
+    phase boundary. It starts from the model's initial state (the forward pass; traces equal
+    to it).
+
+``"quasi_static"``
+    The adiabatic approximation for learning rates ``<< 1/tau``: in each phase the activity
+    sits at its equilibrium for the weights the phase starts with. Per phase, in order:
+
+    1. equilibrate the activity at fixed weights with the phase's constant gates
+       (:func:`~dendrite_sim.equilibrium.fixed_point`, warm-started from the previous phase's
+       end state). Variables whose rate is identically zero under these gates (a trace that
+       holds, ``trace = 0``) are *frozen*: they make the Jacobian singular, so the equilibrium
+       is solved on the subspace of the other variables with the frozen ones held (see
+       :class:`Frozen`);
+    2. slow variables (``model.slow_variables``, e.g. the two-phase trace ``z``) that are not
+       frozen relax toward their equilibrium value linearly; their trajectory over the phase is
+       taken in closed form, ``z(t) = z* + exp(J_zz t) (z0 - z*)`` with ``J_zz`` the Jacobian
+       block at the equilibrium (exact for a linear trace the fast activity does not depend on).
+       The phase's end state holds ``z(duration)``; the plasticity uses the phase average
+       ``z* + phi_1(J_zz D) (z0 - z*)``, ``phi_1(A) = int_0^1 exp(A s) ds``;
+    3. advance the weights by one explicit Euler step over the phase,
+       ``theta += duration * dtheta/dt`` at that state (the rates already carry the phase's
+       plasticity gates). This ignores the activity's transient at the start of the phase
+       (relative error ~ ``tau / duration``) and the change of the equilibrium as the weights
+       move within the phase (relative error ~ ``eta * duration``): the quasi-static
+       approximation.
+    4. if the weights moved, re-solve the equilibrium at the updated weights (warm start; one
+       or two Newton steps): the phase ends at the equilibrium of the weights it ends with, so
+       a trace that followed the activity remembers the end-of-phase value, as in coupled mode.
+
+Neither mode mutates the parameters it is given.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from .equilibrium import fixed_point
+from .errors import NumericalError, check_range
+from .integrate import FIXED_STEP, METHODS, integrate_drive
+from .layout import Layout
+from .model import Drive, NetworkModel
+from .schedule import Schedule
+
+__all__ = ["present", "Presentation", "Frozen", "frozen_variables", "MODES"]
+
+MODES = ("quasi_static", "coupled")
+#: adaptive torchdiffeq solvers that accept ``jump_t`` (steps end exactly at a gate switch)
+_JUMP_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+
+
+@dataclass
+class Presentation:
+    """Result of :func:`present`.
+
+    ``params`` the parameters at the end (new lists; the input is untouched);
+    ``phase_states`` ``{phase name: (B, N) state at the end of that phase}``;
+    ``nfev`` vector-field evaluations (quasi-static: those of the equilibrium solves);
+    ``sim_time`` simulated time (the schedule's duration); ``mode``;
+    ``converged`` whether every equilibrium solve converged (always True when coupled);
+    ``residual`` the largest equilibrium residual met (0 when coupled).
+    """
+
+    params: dict
+    phase_states: dict
+    nfev: int
+    sim_time: float
+    mode: str
+    converged: bool = True
+    residual: float = 0.0
+
+
+def present(model: NetworkModel, x, target, schedule: Schedule, mode: str = "quasi_static",
+            params=None, *, method: str = "dopri5", rtol: float = 1e-6, atol: float = 1e-8,
+            max_abs: float = 1e6, step_size=None, tol=None, max_iter: int = 50,
+            require_plastic=("W",)) -> Presentation:
+    """Show the batch ``x`` with teaching ``target`` for ``schedule``; return the new weights.
+
+    Parameters
+    ----------
+    model : a network model with plasticity (``Mixture``, ``TwoPhaseDTP``, ...).
+    x : input ``(B, n_0)``; target : ``None``, a tensor (clamp) or a ``Nudge`` — the
+        ``teach`` gate of each phase switches it on or off.
+    schedule : a :class:`~dendrite_sim.schedule.Schedule`.
+    mode : ``"quasi_static"`` or ``"coupled"`` (module docstring).
+    params : parameters to start from (default ``model.params``); never modified.
+    method, rtol, atol, step_size, max_abs : integration settings (coupled mode).
+    tol, max_iter : equilibrium settings of :func:`fixed_point` (quasi-static mode).
+    require_plastic : parameter groups the schedule must make plastic somewhere when the
+        model learns them (``ValueError`` otherwise); ``()`` allows e.g. a sleep-only schedule.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
+    if not isinstance(schedule, Schedule):
+        raise ValueError(f"schedule must be a Schedule; got {type(schedule).__name__}")
+    schedule.check_model(model, require_plastic)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}; got {method!r}")
+    check_range("rtol", rtol, low=0.0, low_open=True)
+    check_range("atol", atol, low=0.0, low_open=True)
+    check_range("max_abs", max_abs, low=0.0, low_open=True)
+    if step_size is not None:
+        check_range("step_size", step_size, low=0.0, low_open=True)
+    if method in FIXED_STEP and step_size is None:
+        raise ValueError(f"method {method!r} is fixed-step: give step_size > 0")
+    params = model.params if params is None else params
+    model.drive(x, target)  # validates x and target against the model (its ValueError)
+    if mode == "coupled":
+        return _coupled(model, x, target, schedule, params, method, rtol, atol, max_abs,
+                        step_size)
+    return _quasi_static(model, x, target, schedule, params, tol, max_iter)
+
+
+# ----------------------------------------------------------------------------------------------
+# coupled mode
+# ----------------------------------------------------------------------------------------------
+def _coupled(model, x, target, schedule, params, method, rtol, atol, max_abs, step_size):
+    drive = model.drive(x, target, schedule.gates, schedule.breakpoints)
+    y0 = model.initial_state(drive, model.prepare(params))
+    t = torch.tensor(schedule.boundaries, dtype=model.dtype, device=model.device)
+    options = {}
+    if method in _JUMP_METHODS and schedule.breakpoints:
+        # torchdiffeq steps past the end of a segment and interpolates back; jump_t makes the
+        # steps end on the switch and evaluates its last stage just before it, so no stage
+        # ever sees the next phase's gates.
+        options["jump_t"] = torch.tensor(schedule.breakpoints, dtype=torch.float64)
+    elif method in FIXED_STEP:
+        options["perturb"] = True
+    ys, final, nfev = integrate_drive(model, drive, t, y0, params, method=method, rtol=rtol,
+                                      atol=atol, step_size=step_size, plastic=True,
+                                      max_abs=max_abs, options=options)
+    new = _copy_params(params if final is None else final)
+    states = {p.name: ys[k + 1] for k, p in enumerate(schedule.phases)}
+    return Presentation(new, states, nfev, schedule.duration, "coupled")
+
+
+# ----------------------------------------------------------------------------------------------
+# quasi-static mode
+# ----------------------------------------------------------------------------------------------
+def _constant(gates: dict):
+    return lambda t: gates
+
+
+def _quasi_static(model, x, target, schedule, params, tol, max_iter):
+    params = _copy_params(params)
+    drive = model.drive(x, target)
+    y = model.initial_state(drive, model.prepare(params))
+    slow = tuple(v for v in getattr(model, "slow_variables", ()) if v in model.layout.variables)
+    states, nfev, converged, worst = {}, 0, True, 0.0
+    t0 = 0.0
+    for phase in schedule.phases:
+        gates = _constant(phase.gates)
+        drive = model.drive(x, target, gates)
+        prepared = model.prepare(params)
+        frozen = frozen_variables(model, drive, prepared, y, t0)
+        if frozen:
+            view = Frozen(model, frozen, y)
+            eq = fixed_point(view, x, target, y0=view.restrict(y), params=params, gates=gates,
+                             tol=tol, max_iter=max_iter)
+            y_star = view.embed(eq.y)
+        else:
+            eq = fixed_point(model, x, target, y0=y, params=params, gates=gates, tol=tol,
+                             max_iter=max_iter)
+            y_star = eq.y
+        nfev, converged, worst = _tally(eq, phase, nfev, converged, worst)
+        relaxing = tuple(v for v in slow if v not in frozen)
+        _, y_mean = _relax_slow(model, drive, prepared, y, y_star, relaxing, t0,
+                                phase.duration)
+        rates = model.plasticity(t0, y_mean, drive, prepared)
+        changed = False
+        for name in model.plastic_params:
+            if name not in params or name not in rates:
+                continue
+            new = [p if p is None or r is None else p + phase.duration * r
+                   for p, r in zip(params[name], rates[name])]
+            changed |= any(r is not None and bool((r != 0).any()) for r in rates[name])
+            params[name] = new
+        if changed:  # the phase ends at the equilibrium of the weights it ends with
+            prepared = model.prepare(params)
+            if frozen:
+                eq = fixed_point(view, x, target, y0=view.restrict(y_star), params=params,
+                                 gates=gates, tol=tol, max_iter=max_iter)
+                y_star = view.embed(eq.y)
+            else:
+                eq = fixed_point(model, x, target, y0=y_star, params=params, gates=gates,
+                                 tol=tol, max_iter=max_iter)
+                y_star = eq.y
+            nfev, converged, worst = _tally(eq, phase, nfev, converged, worst)
+        y_end, _ = _relax_slow(model, drive, prepared, y, y_star, relaxing, t0, phase.duration)
+        states[phase.name] = y_end
+        y = y_end
+        t0 += phase.duration
+    return Presentation(params, states, nfev, schedule.duration, "quasi_static", converged,
+                        worst)
+
+
+def _tally(eq, phase, nfev, converged, worst):
+    if not bool(torch.isfinite(eq.y).all()):
+        raise NumericalError(f"quasi-static presentation: the equilibrium of phase "
+                             f"{phase.name!r} is not finite")
+    return (nfev + eq.nfev, converged and eq.all_converged,
+            max(worst, float(eq.residual.max())))
+
+
+def _relax_slow(model, drive, prepared, y0, y_star, variables, t0, duration):
+    """End state and phase-average state with ``variables`` relaxing linearly to ``y_star``.
+
+    For each variable ``v``: ``v(t) = v* + exp(J t) (v0 - v*)`` with ``J`` the ``(B, n, n)``
+    Jacobian block ``d(dv/dt)/dv`` at ``y_star``. The average over ``[0, D]`` uses
+    ``phi_1(J D) = int_0^1 exp(J D s) ds``, read off the exponential of the augmented matrix
+    ``[[J D, I], [0, 0]]`` (valid for singular ``J``).
+    """
+    if not variables:
+        return y_star, y_star
+    y_end, y_mean = y_star.clone(), y_star.clone()
+    for v in variables:
+        sl = model.layout.variable_slice(v)
+
+        def block_field(u, sl=sl):
+            full = torch.cat([y_star[:, :sl.start], u, y_star[:, sl.stop:]], dim=-1)
+            return model.field(t0, full, drive, prepared)[:, sl].sum(0)
+
+        with torch.enable_grad():
+            J = torch.func.jacrev(block_field)(y_star[:, sl].detach()).permute(1, 0, 2)
+        B, n = J.shape[0], J.shape[-1]
+        aug = J.new_zeros(B, 2 * n, 2 * n)
+        aug[:, :n, :n] = J * duration
+        aug[:, :n, n:] = torch.eye(n, dtype=J.dtype, device=J.device)
+        expo = torch.linalg.matrix_exp(aug)
+        gap = (y0[:, sl] - y_star[:, sl])[:, :, None]
+        y_end[:, sl] = y_star[:, sl] + (expo[:, :n, :n] @ gap)[:, :, 0]
+        y_mean[:, sl] = y_star[:, sl] + (expo[:, :n, n:] @ gap)[:, :, 0]
+    return y_end, y_mean
+
+
+def _copy_params(params) -> dict:
+    """New dict and lists (tensors shared: they are never modified in place)."""
+    return {k: list(v) if isinstance(v, list) else v for k, v in params.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# frozen variables: equilibria on the subspace of the variables that move
+# ----------------------------------------------------------------------------------------------
+def frozen_variables(model: NetworkModel, drive: Drive, prepared, y: torch.Tensor,
+                     t: float = 0.0) -> tuple:
+    """Names of the state variables whose rate is identically zero under ``drive``'s gates.
+
+    Probed at ``y`` and at a deterministic small perturbation of it (a held trace has zero
+    rate everywhere; a following trace is zero only where it already equals the activity).
+    The activity variable is never reported.
+    """
+    gen = torch.Generator().manual_seed(12345)
+    noise = torch.randn(y.shape, generator=gen, dtype=torch.float64).to(y.dtype).to(y.device)
+    probe = y + 1e-3 * (1.0 + y.abs()) * noise
+    with torch.no_grad():
+        rates = [model.field(t, y, drive, prepared), model.field(t, probe, drive, prepared)]
+    out = []
+    for v in model.layout.variables:
+        if v == model.activity:
+            continue
+        sl = model.layout.variable_slice(v)
+        if all(bool((r[:, sl] == 0).all()) for r in rates):
+            out.append(v)
+    return tuple(out)
+
+
+@dataclass
+class _FrozenDrive(Drive):
+    """A drive that also carries the held values of the frozen variables, ``(B, n_frozen)``
+    (they act as constant inputs); ``subset`` keeps them aligned with the batch."""
+
+    frozen: torch.Tensor | None = None
+
+    def subset(self, index):
+        base = Drive.subset(self, index)
+        return _FrozenDrive(**{f.name: getattr(base, f.name)
+                               for f in dataclasses.fields(Drive)},
+                            frozen=self.frozen[index])
+
+
+class Frozen(NetworkModel):
+    """View of ``model`` whose state leaves out the ``frozen`` variables, held at their values
+    in ``y_hold`` ``(B, N)``; everything else (field, parameters, activity) is the model's.
+
+    ``restrict`` maps a full state to the view's, ``embed`` back. Used to solve equilibria
+    when some variables have identically zero rates (their Jacobian rows vanish).
+    """
+
+    def __init__(self, model: NetworkModel, frozen, y_hold: torch.Tensor):
+        unknown = [v for v in frozen if v not in model.layout.variables]
+        if unknown or model.activity in frozen:
+            raise ValueError(f"frozen must name non-activity variables of {model.layout}; got "
+                             f"{tuple(frozen)}")
+        self.base = model
+        self.sizes, self.dtype, self.device = model.sizes, model.dtype, model.device
+        self.activity, self.params, self.plastic_params = model.activity, model.params, ()
+        self.frozen = tuple(frozen)
+        self.layout = Layout({v: w for v, w in model.layout.variables.items()
+                              if v not in self.frozen})
+        cols = torch.arange(model.state_size, device=model.device)
+        keep = torch.ones(model.state_size, dtype=torch.bool, device=model.device)
+        for v in self.frozen:
+            keep[model.layout.variable_slice(v)] = False
+        self._active, self._held = cols[keep], cols[~keep]
+        # full state = cat([active, held])[:, self._order]
+        self._order = torch.argsort(torch.cat([self._active, self._held]))
+        self.hold = y_hold[:, self._held]
+        self.time_scale = float(getattr(model, "time_scale", getattr(model, "tau", 1.0)))
+
+    def restrict(self, y: torch.Tensor) -> torch.Tensor:
+        return y[:, self._active]
+
+    def embed(self, y_active: torch.Tensor, hold: torch.Tensor | None = None) -> torch.Tensor:
+        hold = self.hold if hold is None else hold
+        return torch.cat([y_active, hold], dim=-1)[:, self._order]
+
+    def drive(self, x, target=None, gates=None, breakpoints=()) -> Drive:
+        base = self.base.drive(x, target, gates, breakpoints)
+        if self.hold.shape[0] != base.batch_size:
+            raise ValueError(f"the held state has batch {self.hold.shape[0]}; x has "
+                             f"{base.batch_size}")
+        return _FrozenDrive(**{f.name: getattr(base, f.name) for f in dataclasses.fields(Drive)},
+                            frozen=self.hold)
+
+    def _hold_of(self, drive):
+        return getattr(drive, "frozen", None) if isinstance(drive, _FrozenDrive) else self.hold
+
+    def field(self, t, y, drive, prepared):
+        full = self.embed(y, self._hold_of(drive))
+        return self.base.field(t, full, drive, prepared)[:, self._active]
+
+    def prepare(self, params):
+        return self.base.prepare(params)
+
+    def initial_state(self, drive, prepared):
+        return self.base.initial_state(drive, prepared)[:, self._active]
+
+    def __getattr__(self, name):  # hyper-parameters of the model (mu, tau, ...)
+        if name == "base":
+            raise AttributeError(name)
+        return getattr(self.base, name)

@@ -1,0 +1,220 @@
+"""Presentation schedules: piecewise-constant phase gates for one example (SPEC §2.1, §2.2).
+
+A :class:`Schedule` is an ordered list of :class:`Phase` objects, played back to back from
+``t = 0``. Each phase holds its gates constant:
+
+* ``"teach"``     — 1 while the output is nudged/clamped, 0 while it is short-circuited
+  (``h_L^trgt = h_L``, free phase);
+* ``"plastic_W"`` — 1 while the forward weights learn (``"plastic_b"`` follows it: biases use
+  the forward rule);
+* ``"plastic_Q"`` — 1 while the feedback weights learn;
+* ``"trace"``     — 1 while the slow trace follows the activity (two-phase DTP,
+  ``T_z dz_i/dt = trace(t) (h_i - z_i)``), 0 while it holds its value.
+
+Phase ``k`` covers ``[start_k, end_k)``; at or after the end of the schedule the last phase
+holds. The interior phase boundaries are the :attr:`Schedule.breakpoints` handed to the
+integrator, which restarts there so no step straddles a switch.
+
+Factories:
+
+* :meth:`Schedule.single_phase` — mixture model (§6.4–6.5): one phase, teaching on, ``W`` and
+  ``Q`` plastic together;
+* :meth:`Schedule.two_phase` — two-phase DTP (§6.6): a free phase (no teaching, ``Q`` plastic,
+  trace on) then a learning phase (teaching, ``W`` plastic, trace off), optionally followed by
+  a sleep phase (no teaching, only ``Q`` plastic; end of §6.5).
+"""
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass
+
+from .errors import check_range
+
+__all__ = ["Phase", "Schedule", "PLASTIC_NAMES", "GATE_NAMES"]
+
+#: parameter groups a phase can make plastic (``b`` follows ``W``)
+PLASTIC_NAMES = ("W", "Q")
+#: gates every schedule sets at every time
+GATE_NAMES = ("teach", "plastic_W", "plastic_b", "plastic_Q", "trace")
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One phase of a presentation, with constant gates.
+
+    Parameters
+    ----------
+    name : label of the phase (unique within a schedule), e.g. ``"free"``, ``"learn"``.
+    duration : length in model time units, finite and > 0.
+    teach : output teaching on (``teach`` gate 1) or short-circuited (0).
+    plastic : names of the parameter groups that learn, a subset of :data:`PLASTIC_NAMES`
+        (``"W"``: forward weights and biases; ``"Q"``: feedback weights).
+    trace : the slow trace follows the activity (``trace`` gate 1) or holds (0).
+    """
+
+    name: str
+    duration: float
+    teach: bool = False
+    plastic: tuple = ()
+    trace: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"name must be a non-empty string; got {self.name!r}")
+        duration = check_range("duration", self.duration, low=0.0, low_open=True)
+        plastic = (self.plastic,) if isinstance(self.plastic, str) else self.plastic
+        try:
+            plastic = tuple(plastic)
+        except TypeError:
+            raise ValueError(f"plastic must be a tuple of names from {PLASTIC_NAMES}; got "
+                             f"{self.plastic!r}") from None
+        for name in plastic:
+            if name not in PLASTIC_NAMES:
+                hint = " (biases follow 'W')" if name == "b" else ""
+                raise ValueError(f"plastic must name parameter groups from {PLASTIC_NAMES}"
+                                 f"{hint}; got {name!r}")
+        for flag in ("teach", "trace"):
+            value = getattr(self, flag)
+            if not isinstance(value, (bool, int)) or value not in (0, 1):
+                raise ValueError(f"{flag} must be a bool; got {value!r}")
+        object.__setattr__(self, "duration", duration)
+        object.__setattr__(self, "plastic", tuple(dict.fromkeys(plastic)))
+        object.__setattr__(self, "teach", bool(self.teach))
+        object.__setattr__(self, "trace", bool(self.trace))
+
+    @property
+    def gates(self) -> dict:
+        """The constant gate values of this phase (floats 0.0 / 1.0)."""
+        w = 1.0 if "W" in self.plastic else 0.0
+        return {"teach": float(self.teach), "plastic_W": w, "plastic_b": w,
+                "plastic_Q": 1.0 if "Q" in self.plastic else 0.0,
+                "trace": float(self.trace)}
+
+
+class Schedule:
+    """Phases played back to back from ``t = 0``; gates are piecewise constant in time.
+
+    ``schedule.gates(t)`` (also ``schedule(t)``) returns the gate dict of the phase at ``t``
+    (a python float or a 0-d tensor), so a schedule can be passed as ``gates=`` to
+    :func:`dendrite_sim.simulate` together with ``breakpoints=schedule.breakpoints``.
+    """
+
+    def __init__(self, phases):
+        try:
+            phases = tuple(phases)
+        except TypeError:
+            raise ValueError(f"phases must be a sequence of Phase; got {phases!r}") from None
+        if not phases:
+            raise ValueError("phases must hold at least one Phase; got an empty schedule")
+        for p in phases:
+            if not isinstance(p, Phase):
+                raise ValueError(f"phases must hold Phase objects; got {type(p).__name__}")
+        names = [p.name for p in phases]
+        if len(set(names)) != len(names):
+            raise ValueError(f"phases must have unique names; got {names}")
+        self.phases = phases
+        ends, total = [], 0.0
+        for p in phases:
+            total += p.duration
+            ends.append(total)
+        self._ends = tuple(ends)
+        self._gates = tuple(p.gates for p in phases)
+
+    # -- factories --------------------------------------------------------------------------
+    @classmethod
+    def single_phase(cls, T: float, name: str = "learn") -> "Schedule":
+        """Mixture model (§6.4–6.5): one phase of duration ``T``, teaching on, ``W`` and ``Q``
+        plastic, no trace."""
+        return cls([Phase(name, T, teach=True, plastic=("W", "Q"), trace=False)])
+
+    @classmethod
+    def two_phase(cls, T_free: float, T_learn: float, sleep: float | None = None) -> "Schedule":
+        """Two-phase DTP (§6.6).
+
+        * ``"free"`` (``T_free``): no teaching, ``Q`` plastic (6.37), trace on (``z -> h^f``);
+        * ``"learn"`` (``T_learn``): teaching, ``W`` plastic (6.35), trace off (``z`` holds
+          ``h^f``);
+        * ``"sleep"`` (``sleep``, optional): no teaching, only ``Q`` plastic, trace off.
+        """
+        try:
+            Phase("free", T_free)
+        except ValueError as err:
+            raise ValueError(str(err).replace("duration", "T_free", 1)) from None
+        try:
+            Phase("learn", T_learn)
+        except ValueError as err:
+            raise ValueError(str(err).replace("duration", "T_learn", 1)) from None
+        phases = [Phase("free", T_free, teach=False, plastic=("Q",), trace=True),
+                  Phase("learn", T_learn, teach=True, plastic=("W",), trace=False)]
+        if sleep is not None:
+            try:
+                phases.append(Phase("sleep", sleep, teach=False, plastic=("Q",), trace=False))
+            except ValueError as err:
+                raise ValueError(str(err).replace("duration", "sleep", 1)) from None
+        return cls(phases)
+
+    # -- timing -----------------------------------------------------------------------------
+    @property
+    def duration(self) -> float:
+        """Total length of the schedule."""
+        return self._ends[-1]
+
+    @property
+    def boundaries(self) -> tuple:
+        """``(0, end_1, ..., end_K)``: phase ``k`` covers ``[boundaries[k], boundaries[k+1])``."""
+        return (0.0,) + self._ends
+
+    @property
+    def breakpoints(self) -> tuple:
+        """Interior phase boundaries (where the gates jump), for the integrator."""
+        return self._ends[:-1]
+
+    @property
+    def names(self) -> tuple:
+        return tuple(p.name for p in self.phases)
+
+    def index_at(self, t) -> int:
+        """Index of the phase active at ``t`` (float or 0-d tensor)."""
+        t = float(t)
+        if math.isnan(t):
+            raise ValueError("t must not be NaN")
+        return min(bisect.bisect_right(self._ends, t), len(self.phases) - 1)
+
+    def phase_at(self, t) -> Phase:
+        """The phase active at ``t``; before 0 the first, at or after the end the last."""
+        return self.phases[self.index_at(t)]
+
+    def gates(self, t) -> dict:
+        """Gate values at ``t`` (a fresh dict of floats)."""
+        return dict(self._gates[self.index_at(t)])
+
+    __call__ = gates
+
+    # -- checks -----------------------------------------------------------------------------
+    def plastic_anywhere(self, name: str) -> bool:
+        """Whether some phase makes parameter group ``name`` plastic."""
+        return any(name in p.plastic for p in self.phases)
+
+    def check_model(self, model, require_plastic=("W",)) -> "Schedule":
+        """Raise ``ValueError`` (naming ``schedule``) unless every group in ``require_plastic``
+        that ``model`` has plasticity for is plastic in at least one phase."""
+        has = tuple(getattr(model, "plastic_params", ()))
+        for name in require_plastic:
+            if name in has and not self.plastic_anywhere(name):
+                raise ValueError(f"schedule has no phase where {name!r} is plastic, but "
+                                 f"{type(model).__name__} learns {name!r}; phases: "
+                                 f"{[(p.name, p.plastic) for p in self.phases]}")
+        return self
+
+    def __len__(self) -> int:
+        return len(self.phases)
+
+    def __iter__(self):
+        return iter(self.phases)
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{p.name}: {p.duration:g} teach={int(p.teach)} "
+                          f"plastic={''.join(p.plastic) or '-'} trace={int(p.trace)}"
+                          for p in self.phases)
+        return f"Schedule([{inner}])"
