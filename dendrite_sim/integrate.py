@@ -56,25 +56,24 @@ class Trajectory:
 class _Field(torch.nn.Module):
     """``odeint``'s callable; a Module so the adjoint method can find parameters."""
 
-    def __init__(self, model, drive, params, plastic_names):
+    def __init__(self, model, drive, params, plastic_names, reprepare):
         super().__init__()
         self.model, self.drive, self.params = model, drive, params
         self.plastic_names = plastic_names
+        # with the adjoint method, autograd re-enters the field: prepare inside each call
+        self._prepared = None if reprepare else model.prepare(params)
         self.nfev = 0
 
     def forward(self, t, state):
         self.nfev += 1
         if not self.plastic_names:
-            return self.model.field(t, state, self.drive, self._prepared)
+            prepared = self._prepared or self.model.prepare(self.params)
+            return self.model.field(t, state, self.drive, prepared)
         params = _unflatten(self.params, self.plastic_names, state[1:])
         prepared = self.model.prepare(params)
         rates = self.model.plasticity(t, state[0], self.drive, prepared)
         dy = self.model.field(t, state[0], self.drive, prepared)
         return (dy,) + tuple(_flatten_rates(rates, self.params, self.plastic_names))
-
-    def freeze(self):
-        self._prepared = self.model.prepare(self.params)
-        return self
 
 
 def _plastic_slots(params, names):
@@ -94,6 +93,7 @@ def _flatten_rates(rates, params, names):
 
 
 def _check_finite(y, t_end, max_abs):
+    y = y.detach()
     bad = ~torch.isfinite(y)
     if bool(bad.any()):
         raise NumericalError(f"integration produced NaN/inf by t = {float(t_end):.6g} "
@@ -128,9 +128,7 @@ def integrate_drive(model, drive: Drive, t, y0, params, *, method="dopri5", rtol
     :func:`simulate` and by the training loop.
     """
     names = tuple(n for n in model.plastic_params if n in params) if plastic else ()
-    func = _Field(model, drive, params, names)
-    if not names:
-        func.freeze()
+    func = _Field(model, drive, params, names, reprepare=adjoint or bool(names))
     opts = dict(options or {})
     if step_size is not None:
         opts["step_size"] = step_size
