@@ -5,7 +5,8 @@ state too: torchdiffeq integrates the tuple ``(y, *params)`` jointly (coupled mo
 weights shared by every example of the batch (their rates are batch averages).
 
 Gate switches (``drive.breakpoints``) split the integration into segments that restart at the
-switch, so adaptive steps never straddle a discontinuity. After each segment the state is
+switch, and within a segment gates are read at times clamped to it (:meth:`Drive.within`), so
+no solver stage ever sees the gates of the next phase. After each segment the state is
 checked: NaN/inf or ``|y| > max_abs`` raise :class:`~dendrite_sim.errors.NumericalError`.
 """
 from __future__ import annotations
@@ -128,7 +129,6 @@ def integrate_drive(model, drive: Drive, t, y0, params, *, method="dopri5", rtol
     :func:`simulate` and by the training loop.
     """
     names = tuple(n for n in model.plastic_params if n in params) if plastic else ()
-    func = _Field(model, drive, params, names, reprepare=adjoint or bool(names))
     opts = dict(options or {})
     if step_size is not None:
         opts["step_size"] = step_size
@@ -139,9 +139,11 @@ def integrate_drive(model, drive: Drive, t, y0, params, *, method="dopri5", rtol
                                         if p is not None and p.requires_grad)
     state = (y0,) + tuple(params[n][k] for n, k in _plastic_slots(params, names)) \
         if names else y0
-    outputs = []
+    outputs, nfev = [], 0
     segments, requested = _segments(t, drive.breakpoints)
     for k, seg in enumerate(segments):
+        func = _Field(model, drive.within(seg[0], seg[-1]), params, names,
+                      reprepare=adjoint or bool(names))
         try:
             sol = solver(func, state, seg, method=method, rtol=rtol, atol=atol,
                          options=opts or None, **extra)
@@ -153,8 +155,9 @@ def integrate_drive(model, drive: Drive, t, y0, params, *, method="dopri5", rtol
                       seg[-1], max_abs)
         outputs.append(ys if k == 0 else ys[1:])
         state = tuple(s[-1] for s in sol) if names else sol[-1]
+        nfev += func.nfev
     final_params = _unflatten(params, names, state[1:]) if names else None
-    return torch.cat(outputs)[requested], final_params, func.nfev
+    return torch.cat(outputs)[requested], final_params, nfev
 
 
 def simulate(model: NetworkModel, x, t, target=None, *, method="dopri5", rtol=1e-6, atol=1e-8,

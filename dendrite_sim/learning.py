@@ -55,8 +55,6 @@ from .schedule import Schedule
 __all__ = ["present", "Presentation", "Frozen", "frozen_variables", "MODES"]
 
 MODES = ("quasi_static", "coupled")
-#: adaptive torchdiffeq solvers that accept ``jump_t`` (steps end exactly at a gate switch)
-_JUMP_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 
 
 @dataclass
@@ -128,17 +126,9 @@ def _coupled(model, x, target, schedule, params, method, rtol, atol, max_abs, st
     drive = model.drive(x, target, schedule.gates, schedule.breakpoints)
     y0 = model.initial_state(drive, model.prepare(params))
     t = torch.tensor(schedule.boundaries, dtype=model.dtype, device=model.device)
-    options = {}
-    if method in _JUMP_METHODS and schedule.breakpoints:
-        # torchdiffeq steps past the end of a segment and interpolates back; jump_t makes the
-        # steps end on the switch and evaluates its last stage just before it, so no stage
-        # ever sees the next phase's gates.
-        options["jump_t"] = torch.tensor(schedule.breakpoints, dtype=torch.float64)
-    elif method in FIXED_STEP:
-        options["perturb"] = True
     ys, final, nfev = integrate_drive(model, drive, t, y0, params, method=method, rtol=rtol,
                                       atol=atol, step_size=step_size, plastic=True,
-                                      max_abs=max_abs, options=options)
+                                      max_abs=max_abs)
     new = _copy_params(params if final is None else final)
     states = {p.name: ys[k + 1] for k, p in enumerate(schedule.phases)}
     return Presentation(new, states, nfev, schedule.duration, "coupled")
@@ -163,15 +153,9 @@ def _quasi_static(model, x, target, schedule, params, tol, max_iter):
         drive = model.drive(x, target, gates)
         prepared = model.prepare(params)
         frozen = frozen_variables(model, drive, prepared, y, t0)
-        if frozen:
-            view = Frozen(model, frozen, y)
-            eq = fixed_point(view, x, target, y0=view.restrict(y), params=params, gates=gates,
-                             tol=tol, max_iter=max_iter)
-            y_star = view.embed(eq.y)
-        else:
-            eq = fixed_point(model, x, target, y0=y, params=params, gates=gates, tol=tol,
-                             max_iter=max_iter)
-            y_star = eq.y
+        view = Frozen(model, frozen, y) if frozen else model
+        solve = dict(x=x, target=target, gates=gates, tol=tol, max_iter=max_iter)
+        y_star, eq = _equilibrate(view, y, params, solve)
         nfev, converged, worst = _tally(eq, phase, nfev, converged, worst)
         relaxing = tuple(v for v in slow if v not in frozen)
         _, y_mean = _relax_slow(model, drive, prepared, y, y_star, relaxing, t0,
@@ -187,14 +171,7 @@ def _quasi_static(model, x, target, schedule, params, tol, max_iter):
             params[name] = new
         if changed:  # the phase ends at the equilibrium of the weights it ends with
             prepared = model.prepare(params)
-            if frozen:
-                eq = fixed_point(view, x, target, y0=view.restrict(y_star), params=params,
-                                 gates=gates, tol=tol, max_iter=max_iter)
-                y_star = view.embed(eq.y)
-            else:
-                eq = fixed_point(model, x, target, y0=y_star, params=params, gates=gates,
-                                 tol=tol, max_iter=max_iter)
-                y_star = eq.y
+            y_star, eq = _equilibrate(view, y_star, params, solve)
             nfev, converged, worst = _tally(eq, phase, nfev, converged, worst)
         y_end, _ = _relax_slow(model, drive, prepared, y, y_star, relaxing, t0, phase.duration)
         states[phase.name] = y_end
@@ -202,6 +179,16 @@ def _quasi_static(model, x, target, schedule, params, tol, max_iter):
         t0 += phase.duration
     return Presentation(params, states, nfev, schedule.duration, "quasi_static", converged,
                         worst)
+
+
+def _equilibrate(view, y, params, solve):
+    """Equilibrium from the full state ``y``, on the subspace of ``view`` when it is a
+    :class:`Frozen` view; returns the full equilibrium state and the solver result."""
+    if isinstance(view, Frozen):
+        eq = fixed_point(view, y0=view.restrict(y), params=params, **solve)
+        return view.embed(eq.y), eq
+    eq = fixed_point(view, y0=y, params=params, **solve)
+    return eq.y, eq
 
 
 def _tally(eq, phase, nfev, converged, worst):

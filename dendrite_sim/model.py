@@ -12,7 +12,8 @@ Everything that is not state or parameters enters through a :class:`Drive`: the 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -52,10 +53,23 @@ class Drive:
     def batch_size(self) -> int:
         return self.x.shape[0]
 
+    def within(self, start: float, end: float) -> "Drive":
+        """This drive with its gates read inside ``[start, end)`` only.
+
+        Adaptive solvers step past the end of a segment and interpolate back; gates are read at
+        ``t`` clamped to the segment (the end excluded: a phase switching at ``end`` belongs to
+        the next segment), so no stage ever sees the next phase's gates.
+        """
+        last = math.nextafter(float(end), float(start))
+
+        def gates(t):
+            return self.gates(min(max(float(t), float(start)), last))
+
+        return replace(self, gates=gates)
+
     def subset(self, index: torch.Tensor) -> "Drive":
         """The drive of the examples ``index`` of the batch (gates are shared)."""
-        return Drive(self.x[index], self.teaching.subset(index), self.gates, self.breakpoints,
-                     self.extras)
+        return replace(self, x=self.x[index], teaching=self.teaching.subset(index))
 
 
 class NetworkModel:

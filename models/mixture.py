@@ -21,15 +21,13 @@ from __future__ import annotations
 
 import torch
 
-from dendrite_sim.errors import check_range
-from dendrite_sim.layout import Layout
-from dendrite_sim.model import NetworkModel
-from dendrite_sim.pathways import Pathways
+from dendrite_sim.mixing import MixingNetwork
+from dendrite_sim.schedule import Schedule
 
 __all__ = ["Mixture"]
 
 
-class Mixture(NetworkModel):
+class Mixture(MixingNetwork):
     """The single-phase mixture network (6.1).
 
     Parameters
@@ -48,114 +46,32 @@ class Mixture(NetworkModel):
     seed, dtype, device, init_threshold : initialisation (robustly invertible ``W``).
     """
 
-    plastic_params = ("W", "b", "Q")
-
     def __init__(self, sizes, mu=0.1, tau=1.0, feedback="exact", transfer="leaky_relu",
                  slope=0.1, bias=False, seed=0, dtype=torch.float32, device="cpu",
                  form="inverse", feedback_gain=1.0, eta=0.01, eta_inv=0.01, weight_decay=0.0,
                  compensate_decay=False, init_threshold=0.4):
-        self.mu, self.tau = mu, tau
-        self.eta, self.eta_inv, self.weight_decay = eta, eta_inv, weight_decay
-        self.compensate_decay = bool(compensate_decay)
-        self.pathways = Pathways(sizes, transfer, slope, bias, feedback, form, feedback_gain,
-                                 seed, dtype, device, init_threshold)
-        self.sizes, self.dtype, self.device = self.pathways.sizes, dtype, torch.device(device)
-        self.params = self.pathways.params
-        self.layout = Layout({"h": self.sizes[1:]})
-        self._validate()
+        super().__init__(sizes, mu, tau, feedback, transfer, slope, bias, seed, dtype, device,
+                         form, feedback_gain, eta, eta_inv, weight_decay, compensate_decay,
+                         init_threshold)
 
-    def _validate(self):
-        check_range("mu", self.mu, low=0.0, high=0.5, low_open=True, high_open=True)
-        check_range("tau", self.tau, low=0.0, low_open=True)
-        self.layer_rates = _layer_rates(self.eta, self.depth, self.mu, self.compensate_decay)
-        check_range("eta_inv", self.eta_inv, low=0.0)
-        check_range("weight_decay", self.weight_decay, low=0.0)
-
-    # -- named views of the parameters, as in the thesis ------------------------------------
-    @property
-    def W(self):
-        return self.params["W"]
-
-    @property
-    def b(self):
-        return None if self.params["b"][0] is None else self.params["b"]
-
-    @property
-    def Q(self):
-        return self.params.get("Q")
-
-    @property
-    def feedback_gain(self):
-        return self.pathways.feedback_gain
-
-    def prepare(self, params):
-        return self.pathways.prepare(params)
-
-    def default_schedule(self, T=None):
+    def default_schedule(self, T=None) -> Schedule:
         """``Schedule.single_phase(T)`` (§6.4–6.5: teaching on, ``W`` and ``Q`` plastic
         together); ``T`` defaults to ``20 * tau``."""
-        from dendrite_sim.schedule import Schedule
         return Schedule.single_phase(20.0 * self.tau if T is None else T)
-
-    # -- dynamics ---------------------------------------------------------------------------
-    def basal(self, h, P):
-        """``[f_1(x), ..., f_L(h_{L-1})]`` for ``h = [x, h_1, ..., h_L]``."""
-        return [self.pathways.forward(i, h[i - 1], P) for i in range(1, self.depth + 1)]
-
-    def apical(self, t, h, drive, P):
-        """``[g_1(h_2), ..., g_{L-1}(h_L), h_L^trgt]`` for ``h = [x, h_1, ..., h_L]``."""
-        g = [self.pathways.feedback_map(i, h[i + 1], P) for i in range(1, self.depth)]
-        return g + [drive.teaching.output_target(h[-1], drive.gate("teach", t))]
 
     def field(self, t, y, drive, P):
         """``dh_i/dt = (-h_i + (1-mu) f_i(h_{i-1}) + mu g_i(h_{i+1})) / tau``  (6.1)."""
-        h = [drive.x] + self.layers(y)
-        f, g = self.basal(h, P), self.apical(t, h, drive, P)
-        mu = self.mu
-        return torch.cat([(-hi + (1 - mu) * fi + mu * gi) / self.tau
-                          for hi, fi, gi in zip(h[1:], f, g)], dim=-1)
+        return torch.cat(self.somatic_rates(t, [drive.x] + self.layers(y), drive, P), dim=-1)
 
     def initial_state(self, drive, P):
         """The forward pass ``h_i = f_i(h_{i-1})`` (the free equilibrium with exact inverses)."""
-        h = [drive.x]
-        for i in range(1, self.depth + 1):
-            h.append(self.pathways.forward(i, h[-1], P))
-        return torch.cat(h[1:], dim=-1)
+        return torch.cat(self.forward_pass(drive.x, P), dim=-1)
 
-    # -- plasticity -------------------------------------------------------------------------
     def plasticity(self, t, y, drive, P):
-        """Batch-averaged rates (6.17) for ``W, b`` and (6.26) for ``Q`` (module docstring)."""
+        """(6.17) for ``W, b`` with ``e_i = f_i(h_{i-1}) - h_i``; (6.26) for ``Q``."""
         h = [drive.x] + self.layers(y)
-        batch = drive.batch_size
-        gate_w = drive.gate("plastic_W", t)
-        rates = {"W": [], "b": []}
-        for i in range(1, self.depth + 1):
-            a = self.pathways.preactivation(i, h[i - 1], P)
-            s = self.pathways.transfers[i - 1]
-            delta = s.derivative(a) * (s(a) - h[i])           # D_{s_i} (f_i - h_i), (B, n_i)
-            scale = -gate_w * self.layer_rates[i - 1] / batch
-            rates["W"].append(scale * delta.T @ h[i - 1])
-            rates["b"].append(None if P["b"][i - 1] is None else scale * delta.sum(0))
+        errors = [f - hi for f, hi in zip(self.basal(h, P), h[1:])]
+        rates = self.forward_rates(t, h, errors, drive, P)
         if "Q" in P:
-            rates["Q"] = self._feedback_rates(t, h, drive, P)
+            rates["Q"] = self.feedback_rates(t, h, drive, P)
         return rates
-
-    def _feedback_rates(self, t, h, drive, P):
-        """(6.26): ``-eta_inv [(g_i(h_{i+1}) - h_i) t_i(h_{i+1})^T + lambda Q_i]``."""
-        gate_q = drive.gate("plastic_Q", t)
-        out = []
-        for i in range(1, self.depth):
-            data = self.pathways.feedback_gradient(i, h[i + 1], h[i], P) / drive.batch_size
-            out.append(-gate_q * self.eta_inv * (data + self.weight_decay * P["Q"][i - 1]))
-        return out
-
-
-def _layer_rates(eta, depth, mu, compensate):
-    rates = list(eta) if isinstance(eta, (list, tuple)) else [eta] * depth
-    if len(rates) != depth:
-        raise ValueError(f"eta must be a scalar or a list of {depth} rates; got {len(rates)}")
-    rates = [check_range("eta", r, low=0.0) for r in rates]
-    if compensate:
-        ratio = (1 - mu) / mu
-        rates = [r * ratio ** (depth + 1 - i) for i, r in enumerate(rates, start=1)]
-    return rates

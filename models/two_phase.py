@@ -32,15 +32,13 @@ from __future__ import annotations
 import torch
 
 from dendrite_sim.errors import check_range
-from dendrite_sim.layout import Layout
-from dendrite_sim.model import NetworkModel
-from dendrite_sim.pathways import Pathways
+from dendrite_sim.mixing import MixingNetwork
 from dendrite_sim.schedule import Schedule
 
 __all__ = ["TwoPhaseDTP"]
 
 
-class TwoPhaseDTP(NetworkModel):
+class TwoPhaseDTP(MixingNetwork):
     """The two-phase DTP network of thesis §6.6 (state ``{"h": sizes[1:], "z": sizes[1:]}``).
 
     Parameters
@@ -62,7 +60,6 @@ class TwoPhaseDTP(NetworkModel):
         ``Q_i = W_{i+1}^+``).
     """
 
-    plastic_params = ("W", "b", "Q")
     #: state variables that relax slowly and linearly (closed form in quasi-static learning)
     slow_variables = ("z",)
 
@@ -71,51 +68,21 @@ class TwoPhaseDTP(NetworkModel):
                  form="inverse", feedback_gain=1.0, eta=0.01, eta_inv=0.01, weight_decay=0.0,
                  trace_tau=1.0, compensate_decay=False, phase_duration=None,
                  init_threshold=0.4):
-        self.mu, self.tau, self.trace_tau = mu, tau, trace_tau
-        self.eta, self.eta_inv, self.weight_decay = eta, eta_inv, weight_decay
-        self.compensate_decay = bool(compensate_decay)
-        self.phase_duration = phase_duration
-        self.pathways = Pathways(sizes, transfer, slope, bias, feedback, form, feedback_gain,
-                                 seed, dtype, device, init_threshold)
-        self.sizes, self.dtype, self.device = self.pathways.sizes, dtype, torch.device(device)
-        self.params = self.pathways.params
-        self.layout = Layout({"h": self.sizes[1:], "z": self.sizes[1:]})
-        self._validate()
+        self.trace_tau, self.phase_duration = trace_tau, phase_duration
+        super().__init__(sizes, mu, tau, feedback, transfer, slope, bias, seed, dtype, device,
+                         form, feedback_gain, eta, eta_inv, weight_decay, compensate_decay,
+                         init_threshold, variables=("z",))
 
     def _validate(self):
-        check_range("mu", self.mu, low=0.0, high=0.5, low_open=True, high_open=True)
-        check_range("tau", self.tau, low=0.0, low_open=True)
+        super()._validate()
         check_range("trace_tau", self.trace_tau, low=0.0, low_open=True)
-        self.layer_rates = _layer_rates(self.eta, self.depth, self.mu, self.compensate_decay)
-        check_range("eta_inv", self.eta_inv, low=0.0)
-        check_range("weight_decay", self.weight_decay, low=0.0)
         if self.phase_duration is not None:
             check_range("phase_duration", self.phase_duration, low=0.0, low_open=True)
-
-    # -- named views of the parameters, as in the thesis ------------------------------------
-    @property
-    def W(self):
-        return self.params["W"]
-
-    @property
-    def b(self):
-        return None if self.params["b"][0] is None else self.params["b"]
-
-    @property
-    def Q(self):
-        return self.params.get("Q")
-
-    @property
-    def feedback_gain(self):
-        return self.pathways.feedback_gain
 
     @property
     def time_scale(self) -> float:
         """Slowest declared time constant (used by ``fixed_point`` for its horizons)."""
         return max(float(self.tau), float(self.trace_tau))
-
-    def prepare(self, params):
-        return self.pathways.prepare(params)
 
     def default_schedule(self, T_free=None, T_learn=None, sleep=None) -> Schedule:
         """``Schedule.two_phase(T_free, T_learn, sleep)``; phases default to
@@ -124,78 +91,30 @@ class TwoPhaseDTP(NetworkModel):
         return Schedule.two_phase(T if T_free is None else T_free,
                                   T if T_learn is None else T_learn, sleep)
 
-    # -- state views ------------------------------------------------------------------------
     def traces(self, y):
         """The per-layer trace blocks ``[z_1, ..., z_L]`` of a state ``(..., N)``."""
         return self.layout.unpack(y)["z"]
-
-    # -- dynamics ---------------------------------------------------------------------------
-    def basal(self, h, P):
-        """``[f_1(x), ..., f_L(h_{L-1})]`` for ``h = [x, h_1, ..., h_L]``  (6.2)."""
-        return [self.pathways.forward(i, h[i - 1], P) for i in range(1, self.depth + 1)]
-
-    def apical(self, t, h, drive, P):
-        """``[g_1(h_2), ..., g_{L-1}(h_L), h_L^trgt]``; ``h_L^trgt`` is gated by ``teach``
-        ((6.29) free phase: ``h_L``; (6.10) learning phase: the nudged target)."""
-        g = [self.pathways.feedback_map(i, h[i + 1], P) for i in range(1, self.depth)]
-        return g + [drive.teaching.output_target(h[-1], drive.gate("teach", t))]
 
     def field(self, t, y, drive, P):
         """``dh_i/dt`` (6.1) then ``dz_i/dt = trace(t) (h_i - z_i) / T_z`` (trace)."""
         parts = self.layout.unpack(y)
         h = [drive.x] + parts["h"]
-        f, g = self.basal(h, P), self.apical(t, h, drive, P)
-        mu = self.mu
-        dh = [(-hi + (1 - mu) * fi + mu * gi) / self.tau for hi, fi, gi in zip(h[1:], f, g)]
         rate = drive.gate("trace", t) / self.trace_tau
         dz = [rate * (hi - zi) for hi, zi in zip(h[1:], parts["z"])]
-        return torch.cat(dh + dz, dim=-1)
+        return torch.cat(self.somatic_rates(t, h, drive, P) + dz, dim=-1)
 
     def initial_state(self, drive, P):
         """Forward pass ``h_i = f_i(h_{i-1})``, and the trace equal to it (``z_i = h_i``)."""
-        h = [drive.x]
-        for i in range(1, self.depth + 1):
-            h.append(self.pathways.forward(i, h[-1], P))
-        state = torch.cat(h[1:], dim=-1)
+        state = torch.cat(self.forward_pass(drive.x, P), dim=-1)
         return torch.cat([state, state], dim=-1)
 
-    # -- plasticity -------------------------------------------------------------------------
     def plasticity(self, t, y, drive, P):
-        """Batch-averaged rates: (6.35) for ``W`` and ``b``, (6.37) for ``Q``."""
+        """(6.35) for ``W, b`` with ``e_i = z_i - h_i`` (``D^l`` at the current, learning-phase
+        activity); (6.37) for ``Q``."""
         parts = self.layout.unpack(y)
-        h, z = [drive.x] + parts["h"], parts["z"]
-        batch = drive.batch_size
-        gate_w = drive.gate("plastic_W", t)
-        rates = {"W": [], "b": []}
-        for i in range(1, self.depth + 1):
-            a = self.pathways.preactivation(i, h[i - 1], P)          # W_i h^l_{i-1} + b_i
-            s = self.pathways.transfers[i - 1]
-            delta = s.derivative(a) * (z[i - 1] - h[i])             # D^l_{s_i} (z_i - h_i)
-            scale = -gate_w * self.layer_rates[i - 1] / batch
-            rates["W"].append(scale * delta.T @ h[i - 1])           # (6.35)
-            rates["b"].append(None if P["b"][i - 1] is None else scale * delta.sum(0))
+        h = [drive.x] + parts["h"]
+        errors = [z - hi for z, hi in zip(parts["z"], h[1:])]
+        rates = self.forward_rates(t, h, errors, drive, P)
         if "Q" in P:
-            rates["Q"] = self._feedback_rates(t, h, drive, P)
+            rates["Q"] = self.feedback_rates(t, h, drive, P)
         return rates
-
-    def _feedback_rates(self, t, h, drive, P):
-        """(6.37): ``-eta_inv [(g_i(h_{i+1}) - h_i) t_i(h_{i+1})^T + lambda Q_i]`` (inverse
-        form; the classic form uses the chain rule, see ``Pathways.feedback_gradient``)."""
-        gate_q = drive.gate("plastic_Q", t)
-        out = []
-        for i in range(1, self.depth):
-            data = self.pathways.feedback_gradient(i, h[i + 1], h[i], P) / drive.batch_size
-            out.append(-gate_q * self.eta_inv * (data + self.weight_decay * P["Q"][i - 1]))
-        return out
-
-
-def _layer_rates(eta, depth, mu, compensate):
-    """Per-layer forward rates ``eta_i`` (optionally ``* ((1-mu)/mu)^(L+1-i)``)."""
-    rates = list(eta) if isinstance(eta, (list, tuple)) else [eta] * depth
-    if len(rates) != depth:
-        raise ValueError(f"eta must be a scalar or a list of {depth} rates; got {len(rates)}")
-    rates = [check_range("eta", r, low=0.0) for r in rates]
-    if compensate:
-        ratio = (1 - mu) / mu
-        rates = [r * ratio ** (depth + 1 - i) for i, r in enumerate(rates, start=1)]
-    return rates

@@ -12,6 +12,7 @@ Independent references:
   ``-(1-mu)`` when free), ``1`` below and ``p = c mu (1-mu)`` above. For L = 3, free,
   ``det T = -(1-mu) + p (2-mu)``, so stability is lost at ``c* = 1 / (mu (2-mu))``.
 """
+import importlib
 import numpy as np
 import pytest
 import torch
@@ -246,7 +247,7 @@ def test_nonconvergence_is_reported_not_hidden(x):
 
 
 def test_numerical_failure_marks_value_and_warm_start_recovers(x, monkeypatch):
-    import dendrite_sim.continuation as mod
+    mod = importlib.import_module("dendrite_sim.continuation")
     calls = []
 
     def flaky(model, *args, **kwargs):
