@@ -404,14 +404,29 @@ def parse_override(item: str) -> tuple[str, str, object]:
 
 
 def apply_overrides(raw: dict, overrides) -> dict:
-    """A copy of ``raw`` with each ``section.key=value`` applied (validated later)."""
+    """A copy of ``raw`` with each ``section.key=value`` applied (validated later). Setting
+    ``model.name`` or ``data.name`` to another value starts that section afresh (only the
+    command line's keys for it are kept)."""
     out = copy.deepcopy(raw)
+    parsed = []
     for item in overrides or ():
         section, name, value = parse_override(item)
         if section not in SECTIONS:
             raise ConfigError(f"unknown config section {section!r} in --set {item!r}; sections "
                               f"are {', '.join(SECTIONS)}")
-        out.setdefault(section, {})[name] = value
+        parsed.append((section, name, value))
+    # choosing another model or data set replaces that section: the file's other keys belong
+    # to the old one (its constructor or loader arguments)
+    for section in ("model", "data"):
+        names = [v for s, n, v in parsed if s == section and n == "name"]
+        table = out.get(section)
+        if names and isinstance(table, dict) and names[-1] != table.get("name"):
+            out[section] = {}
+    for section, name, value in parsed:
+        table = out.setdefault(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"[{section}] must be a table; got {_show(table)}")
+        table[name] = value
     return out
 
 

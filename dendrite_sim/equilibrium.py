@@ -2,11 +2,16 @@
 
 Each example of the batch is an independent system, solved together:
 
-* ``"newton"`` — damped Newton with the dense autograd Jacobian (``N <= dense_limit``);
+* ``"anderson"`` — Anderson acceleration of the relaxation map ``y <- y + tau F(y)`` (for the
+  mixing models the Picard map ``h <- (1-mu) f + mu g``): one field evaluation per iteration,
+  no derivatives; on a linear problem it is equivalent to GMRES on the Jacobian;
+* ``"newton"`` — damped Newton with the dense autograd Jacobian;
 * ``"newton_krylov"`` — inexact Newton whose linear systems are solved matrix-free by a
-  batched GMRES on Jacobian-vector products (forward-mode AD), for large states;
+  batched GMRES on Jacobian-vector products (forward-mode AD);
+* ``"auto"`` — dense Newton for small states (``N <= dense_limit``); otherwise Anderson, then
+  Newton–Krylov on the examples where it stalls;
 * fallback — examples that do not converge are integrated toward steady state (dopri5 over
-  ``settle_time``) and polished by Newton again.
+  ``settle_time``) and polished by the same solver again.
 
 The residual is ``max_k |F_k(y)|``, the largest rate of change ``|dy/dt|`` of the state.
 Non-convergence is reported per example in ``converged``; nothing is hidden.
@@ -24,7 +29,7 @@ from .spectral import field_jacobian
 
 __all__ = ["fixed_point", "Equilibrium"]
 
-METHODS = ("auto", "newton", "newton_krylov", "integrate")
+METHODS = ("auto", "anderson", "newton", "newton_krylov", "integrate")
 
 
 @dataclass
@@ -32,9 +37,11 @@ class Equilibrium:
     """Result of :func:`fixed_point`.
 
     ``y`` (B, N); ``layers`` list of (B, n_i); ``residual`` (B,) ``max |dy/dt|``;
-    ``converged`` (B,) bool (``residual <= tol``); ``iterations`` Newton steps; ``nfev``
-    vector-field evaluations (JVPs and Jacobians counted as one each per example batch);
-    ``method`` the solver used; ``used_fallback`` whether integration was needed.
+    ``converged`` (B,) bool (``residual <= tol``); ``iterations`` Anderson and Newton steps;
+    ``nfev`` vector-field evaluations in forward-pass equivalents of the batch (a field
+    evaluation 1, a Jacobian-vector product 2, a dense Jacobian ``N + 1``, integration steps
+    as counted by the integrator); ``method`` the solvers that ran, joined by ``+`` (e.g.
+    ``"anderson+newton_krylov"``); ``used_fallback`` whether integration was needed.
     """
 
     y: torch.Tensor
@@ -61,33 +68,79 @@ class Equilibrium:
 
 
 class _Residual:
-    """``F(y)`` with fixed drive and prepared parameters, counting evaluations."""
+    """``F(y)`` with fixed drive and prepared parameters. Subsets (examples of the batch)
+    share one count of evaluations, in forward-pass equivalents (see :class:`Equilibrium`)."""
 
-    def __init__(self, model, drive, prepared):
+    def __init__(self, model, drive, prepared, tally=None):
         self.model, self.drive, self.prepared = model, drive, prepared
-        self.nfev = 0
+        self._tally = [0] if tally is None else tally
+
+    @property
+    def nfev(self) -> int:
+        return self._tally[0]
+
+    def count(self, n: int):
+        self._tally[0] += n
 
     def __call__(self, y):
-        self.nfev += 1
+        self.count(1)
         return self.model.field(0.0, y, self.drive, self.prepared)
 
     def subset(self, index) -> "_Residual":
-        sub = _Residual(self.model, self.drive.subset(index), self.prepared)
-        sub.nfev = self.nfev
-        return sub
+        return _Residual(self.model, self.drive.subset(index), self.prepared, self._tally)
 
     def jvp(self, y, v):
-        self.nfev += 1
+        self.count(2)
         return torch.func.jvp(lambda u: self.model.field(0.0, u, self.drive, self.prepared),
                               (y,), (v,))[1]
 
     def jacobian(self, y):
-        self.nfev += 1
+        self.count(y.shape[-1] + 1)
         return field_jacobian(self.model, self.drive, y, self.prepared)
 
 
 def _norm(v):
     return v.abs().amax(-1)
+
+
+def _anderson(residual, y, F, tol, max_iter, step, memory=10, patience=5):
+    """Anderson acceleration (type II) of ``y <- G(y) = y + step F(y)`` on the examples above
+    ``tol``.
+
+    The last ``memory`` differences of ``f = step F`` and of ``G`` are kept in ring buffers
+    ``(B, memory, N)``; each iteration mixes them, ``gamma`` solving the small least-squares
+    problem ``min ||f_k - dF gamma||`` per example (``torch.linalg.lstsq``: rank-revealing on
+    CPU, so a degenerate history is harmless; elsewhere it gives a non-finite step). An
+    example stops when it converges, turns non-finite, or finds no new best residual in
+    ``patience`` iterations; each example returns its best iterate.
+    Returns ``(y, F, iterations)``.
+    """
+    y, F, best = y.clone(), F.clone(), _norm(F)
+    idx = ((best > tol) & torch.isfinite(best)).nonzero().flatten()
+    sub, ya, fa = residual.subset(idx), y[idx], step * F[idx]
+    best, since_best = best[idx], torch.zeros_like(idx)
+    d_f = ya.new_zeros(idx.numel(), memory, ya.shape[-1])
+    d_g = torch.zeros_like(d_f)
+    iterations = 0
+    while iterations < max_iter and idx.numel():
+        filled = min(iterations, memory)
+        new = ya + fa
+        if filled:
+            gamma = torch.linalg.lstsq(d_f[:, :filled].mT, fa[..., None]).solution
+            new = new - (gamma.mT @ d_g[:, :filled])[:, 0]
+        Fn = sub(new)
+        fn, slot = step * Fn, iterations % memory
+        d_f[:, slot], d_g[:, slot] = fn - fa, new - ya + fn - fa
+        ya, fa, res, iterations = new, fn, _norm(Fn), iterations + 1
+        better = res < best
+        best, since_best = torch.where(better, res, best), (since_best + 1) * ~better
+        y[idx[better]], F[idx[better]] = ya[better], Fn[better]
+        keep = (res > tol) & torch.isfinite(res) & (since_best < patience)
+        if not bool(keep.all()):
+            idx, ya, fa, best, since_best = idx[keep], ya[keep], fa[keep], best[keep], \
+                since_best[keep]
+            d_f, d_g, sub = d_f[keep], d_g[keep], residual.subset(idx)
+    return y, F, iterations
 
 
 def _hessenberg_lstsq(hess, beta, m):
@@ -101,15 +154,16 @@ def _hessenberg_lstsq(hess, beta, m):
 
 
 def _batched_gmres(matvec, rhs, rel_tol, restart=30, max_restarts=4):
-    """Solve ``A_b x_b = rhs_b`` per example with GMRES(restart), ``A`` given by ``matvec``.
+    """Solve ``A_b x_b = rhs_b`` per example with GMRES(restart) from ``x = 0``, ``A`` given
+    by ``matvec``.
 
     Batched Arnoldi (modified Gram-Schmidt); the small least-squares problems are solved by
-    QR. Stops when every example's residual is below ``rel_tol_b * ||rhs_b||``.
+    QR. Stops when every example's residual is below ``rel_tol_b * ||rhs_b||``; the true
+    residual is recomputed only on a restart.
     """
-    x = torch.zeros_like(rhs)
+    x, r = torch.zeros_like(rhs), rhs
     target = rel_tol * rhs.norm(dim=-1)
-    for _ in range(max_restarts):
-        r = rhs - matvec(x)
+    for cycle in range(max_restarts):
         beta = r.norm(dim=-1)
         if bool((beta <= target).all()):
             break
@@ -126,6 +180,9 @@ def _batched_gmres(matvec, rhs, rel_tol, restart=30, max_restarts=4):
             if bool((lsq_res <= target).all()):
                 break
         x = x + torch.einsum("bm,mbn->bn", coef, torch.stack(basis[:coef.shape[1]]))
+        if bool((lsq_res <= target).all()) or cycle + 1 == max_restarts:
+            break
+        r = rhs - matvec(x)
     return x
 
 
@@ -163,17 +220,15 @@ def _line_search(residual, y, F0, step, tries=10):
     return new_y, new_F, ~pending
 
 
-def _newton(residual, y, tol, max_iter, dense):
+def _newton(residual, y, F, tol, max_iter, dense):
     """Damped Newton on the examples still above ``tol``; stalled examples stop early.
 
-    Returns ``(y, residual (B,), iterations)``.
+    Returns ``(y, F, iterations)``.
     """
-    F = residual(y)
-    res = _norm(F)
-    stalled = torch.zeros_like(res, dtype=torch.bool)
+    stalled = torch.zeros(y.shape[0], dtype=torch.bool, device=y.device)
     iterations = 0
     while iterations < max_iter:
-        active = ((res > tol) & ~stalled).nonzero().flatten()
+        active = ((_norm(F) > tol) & ~stalled).nonzero().flatten()
         if active.numel() == 0:
             break
         iterations += 1
@@ -182,11 +237,26 @@ def _newton(residual, y, tol, max_iter, dense):
         step = _newton_direction(sub, ya, Fa, dense)
         step = torch.where(torch.isfinite(step), step, torch.zeros_like(step))
         ya, Fa, moved = _line_search(sub, ya, Fa, step)
-        residual.nfev = sub.nfev
         y, F = y.index_copy(0, active, ya), F.index_copy(0, active, Fa)
-        res = _norm(F)
         stalled = stalled.index_copy(0, active, ~moved)
-    return y, res, iterations
+    return y, F, iterations
+
+
+def _solve(residual, y, F, tol, max_iter, plan, step):
+    """Run the solvers of ``plan`` in turn on the examples still above ``tol``.
+
+    Returns ``(y, F, iterations, names of the solvers that ran)``.
+    """
+    iterations, ran = 0, []
+    for name in plan:
+        if not bool((~(_norm(F) <= tol)).any()):
+            break
+        if name == "anderson":
+            y, F, more = _anderson(residual, y, F, tol, max_iter, step)
+        else:
+            y, F, more = _newton(residual, y, F, tol, max_iter, dense=name == "newton")
+        iterations, ran = iterations + more, ran + [name]
+    return y, F, iterations, ran
 
 
 def fixed_point(model: NetworkModel, x, target=None, *, y0=None, tol=None, max_iter=50,
@@ -199,11 +269,13 @@ def fixed_point(model: NetworkModel, x, target=None, *, y0=None, tol=None, max_i
     x, target : as in :func:`dendrite_sim.simulate`.
     y0 : starting guess ``(B, N)``; default the model's initial state (the forward pass).
     tol : residual tolerance on ``max |dy/dt|``; default 1e-10 (float64) or 1e-5 (float32).
-    max_iter : Newton iterations per attempt, >= 1.
-    method : ``"auto"`` (dense Newton if ``N <= dense_limit`` else Newton–Krylov),
-        ``"newton"``, ``"newton_krylov"`` or ``"integrate"`` (integration, then no polish).
-    dense_limit : largest ``N`` for dense Jacobians in ``"auto"`` (default 64: a dense
-        Jacobian costs about ``N`` field evaluations, a Krylov step a few tens).
+    max_iter : iterations per solver and attempt, >= 1.
+    method : ``"auto"`` (dense Newton if ``N <= dense_limit``; else Anderson, then
+        Newton–Krylov on the examples where it stalls), ``"anderson"``, ``"newton"``,
+        ``"newton_krylov"`` or ``"integrate"`` (integration, then no polish).
+    dense_limit : largest ``N`` for dense Newton in ``"auto"`` (default 64: a dense Jacobian
+        costs about ``N`` field evaluations, in one vectorised pass, and Newton then converges
+        quadratically, far below ``tol``; an Anderson iteration costs one evaluation).
     settle_time : integration horizon of the fallback; default ``200 * model time scale``.
     gates : constant gates ``t -> dict`` (e.g. a phase's), as in :func:`simulate`.
     """
@@ -220,30 +292,35 @@ def fixed_point(model: NetworkModel, x, target=None, *, y0=None, tol=None, max_i
     y = model.initial_state(drive, prepared) if y0 is None else \
         model.check_state(y0, drive.batch_size)
     residual = _Residual(model, drive, prepared)
-    dense = method == "newton" or (method == "auto" and model.state_size <= dense_limit)
-    chosen = "integrate" if method == "integrate" else ("newton" if dense else "newton_krylov")
+    auto = ("newton",) if model.state_size <= dense_limit else ("anderson", "newton_krylov")
+    plan = {"auto": auto, "integrate": ()}.get(method, (method,))
+    step = float(getattr(model, "tau", _time_scale(model)))
     horizon = settle_time if settle_time is not None else 200.0 * _time_scale(model)
     with torch.no_grad():
-        if chosen == "integrate":
-            y, res, iterations = y, _norm(residual(y)), 0
-        else:
-            y, res, iterations = _newton(residual, y, tol, max_iter, dense)
-        used_fallback = bool((res > tol).any() | ~torch.isfinite(res).all())
+        y, F, iterations, ran = _solve(residual, y, residual(y), tol, max_iter, plan, step)
+        res = _norm(F)
+        used_fallback = bool((~(res <= tol)).any())
         if used_fallback:
-            y, res, more = _settle_and_polish(model, drive, params, residual, y, res, tol,
-                                              max_iter, dense, float(horizon), chosen)
+            y, res, more, ran_more = _settle_and_polish(model, drive, params, residual, y, res,
+                                                        tol, max_iter, plan, step,
+                                                        float(horizon))
             iterations += more
-    return Equilibrium(y, model, res, res <= tol, iterations, residual.nfev, chosen,
+            ran += [name for name in ran_more if name not in ran]
+    label = "+".join(ran or plan[:1] or ("integrate",))
+    return Equilibrium(y, model, res, res <= tol, iterations, residual.nfev, label,
                        used_fallback, tol)
 
 
-def _settle_and_polish(model, drive, params, residual, y, res, tol, max_iter, dense, horizon,
-                       chosen, rounds=4):
+def _settle_and_polish(model, drive, params, residual, y, res, tol, max_iter, plan, step,
+                       horizon, rounds=4):
     """Integrate the unconverged examples toward steady state in ``rounds`` stretches of
-    ``horizon / rounds``, polishing with Newton after each stretch."""
+    ``horizon / rounds``, polishing with the solvers of ``plan`` after each stretch.
+
+    Returns ``(y, residual (B,), iterations, names of the solvers that ran)``.
+    """
     start_over = ~torch.isfinite(res)
     y = torch.where(start_over[:, None], model.initial_state(drive, residual.prepared), y)
-    iterations = 0
+    iterations, ran = 0, []
     for _ in range(rounds):
         todo = (~(res <= tol)).nonzero().flatten()
         if todo.numel() == 0:
@@ -254,16 +331,13 @@ def _settle_and_polish(model, drive, params, residual, y, res, tol, max_iter, de
                                           rtol=1e-7, atol=1e-9)
         except NumericalError:  # a diverging example: report what was reached
             break
-        residual.nfev += nfev
-        y = y.index_copy(0, todo, ys[-1])
-        if chosen != "integrate":
-            sub = residual.subset(todo)
-            ya, _, more = _newton(sub, y[todo], tol, max_iter, dense)
-            residual.nfev = sub.nfev
-            iterations += more
-            y = y.index_copy(0, todo, ya)
-        res = _norm(residual(y))
-    return y, res, iterations
+        residual.count(nfev)
+        sub = residual.subset(todo)
+        ya, Fa, more, names = _solve(sub, ys[-1], sub(ys[-1]), tol, max_iter, plan, step)
+        iterations, ran = iterations + more, ran + names
+        y = y.index_copy(0, todo, ya)
+        res = res.index_copy(0, todo, _norm(Fa))
+    return y, res, iterations, ran
 
 
 def _time_scale(model) -> float:

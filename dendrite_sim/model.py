@@ -63,7 +63,8 @@ class Drive:
         last = math.nextafter(float(end), float(start))
 
         def gates(t):
-            return self.gates(min(max(float(t), float(start)), last))
+            now = float(t.detach()) if isinstance(t, torch.Tensor) else float(t)
+            return self.gates(min(max(now, float(start)), last))
 
         return replace(self, gates=gates)
 

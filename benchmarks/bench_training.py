@@ -1,0 +1,283 @@
+"""Learning benchmarks: two-phase DTP and the mixture model against backprop (like for like).
+
+Every comparison trains a dendritic network and a :class:`~dendrite_sim.training.
+BackpropLearner` with the SAME architecture and the SAME initial weights (copied before the
+dendritic network learns) on the same seeded mini-batches, and reports the final test metric:
+
+1. digits (scikit-learn, 70/30 stratified split): ``64-h-h-10`` two-phase DTP (learned
+   feedback: the 64->10 output layer is not square) vs backprop; mean +- std of the final test
+   accuracy over ``--seeds`` seeds (seed = weight initialisation and shuffling).
+2. MNIST-1D (4000/1000, 40 features): ``40-h-h-10`` two-phase DTP vs backprop (same protocol).
+3. teacher-student regression, ``6-6-6`` with exact inverses (thesis §5.1.3): the single-phase
+   mixture model with the plasticity (6.17) vs backprop; reported as the reduction factor of
+   the test MSE, ``MSE(initial weights) / MSE(final)``.
+4. wall time of one digits epoch (same network, batch size and batches): quasi-static two-phase
+   DTP / backprop and coupled two-phase DTP / backprop. The quasi-static and backprop epochs
+   are timed in full; the coupled mode (one ODE for activity, traces and weights, dopri5) is
+   timed on ``--coupled-batches`` batches and extrapolated to an epoch (marked ``~``).
+
+Wall times depend on the machine and its load; the ratios are taken in one process, the three
+learners interleaved batch by batch. Usage::
+
+    python benchmarks/bench_training.py            # full table (hours on 2 cores)
+    python benchmarks/bench_training.py --quick    # reduced: 1 seed, few epochs, subsets
+    python benchmarks/bench_training.py --only digits timing --seeds 2 --out results.json
+
+No ``torch.set_num_threads`` here (SPEC §5b): pin threads with ``OMP_NUM_THREADS``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+
+import numpy as np
+import torch
+
+from dendrite_sim.data import Dataset, load_digits, load_mnist1d, load_teacher_student
+from dendrite_sim.models import Mixture, TwoPhaseDTP
+from dendrite_sim.training import BackpropLearner, DendriticLearner, train
+
+SECTIONS = ("digits", "mnist1d", "teacher_student", "timing")
+F64 = torch.float64
+
+
+# ----------------------------------------------------------------------------------------------
+# configuration
+# ----------------------------------------------------------------------------------------------
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help="reduced run: 1 seed, few epochs, data subsets (minutes)")
+    p.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    p.add_argument("--seeds", type=int, default=None, help="seeds per comparison (default 3)")
+    p.add_argument("--hidden", type=int, default=64, help="h of 64-h-h-10 / 40-h-h-10")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--epochs-digits", type=int, default=None)
+    p.add_argument("--epochs-mnist1d", type=int, default=None)
+    p.add_argument("--epochs-ts", type=int, default=None)
+    # two-phase DTP
+    p.add_argument("--mu", type=float, default=0.2)
+    p.add_argument("--slope", type=float, default=0.3, help="leaky-ReLU negative slope")
+    p.add_argument("--eta", type=float, default=0.1, help="forward rate of (6.35)")
+    p.add_argument("--eta-inv", type=float, default=0.001, help="feedback rate of (6.37)")
+    p.add_argument("--eta-hat", type=float, default=0.1, help="output nudge step (6.10)")
+    p.add_argument("--T-free", type=float, default=20.0)
+    p.add_argument("--T-learn", type=float, default=20.0)
+    p.add_argument("--bp-lr", type=float, default=None,
+                   help="backprop learning rate (default: the effective rate of the "
+                        "dendritic rule, eta * T_learn * eta_hat)")
+    # teacher-student mixture
+    p.add_argument("--ts-mu", type=float, default=0.2)
+    p.add_argument("--ts-eta", type=float, default=0.05)
+    p.add_argument("--ts-eta-hat", type=float, default=0.1)
+    p.add_argument("--ts-T", type=float, default=20.0)
+    p.add_argument("--ts-bp-lr", type=float, default=None)
+    # timing
+    p.add_argument("--coupled-batches", type=int, default=None)
+    p.add_argument("--float32", action="store_true", help="float32 instead of float64")
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--progress", action="store_true", help="progress bars on stderr")
+    a = p.parse_args(argv)
+    quick = a.quick
+    a.seeds = a.seeds or (1 if quick else 3)
+    a.epochs_digits = a.epochs_digits or (2 if quick else 20)
+    a.epochs_mnist1d = a.epochs_mnist1d or (1 if quick else 20)
+    a.epochs_ts = a.epochs_ts or (2 if quick else 20)
+    a.coupled_batches = a.coupled_batches or (1 if quick else 3)
+    a.bp_lr = a.bp_lr if a.bp_lr is not None else a.eta * a.T_learn * a.eta_hat
+    a.ts_bp_lr = a.ts_bp_lr if a.ts_bp_lr is not None else \
+        a.ts_eta * a.ts_T * a.ts_eta_hat
+    a.dtype = torch.float32 if a.float32 else F64
+    return a
+
+
+def subset(data: Dataset, n_train, n_test) -> Dataset:
+    """The first examples of a split (the loaders' splits are already shuffled)."""
+    return Dataset(data.x_train[:n_train], data.y_train[:n_train], data.x_test[:n_test],
+                   data.y_test[:n_test], data.n_classes, data.task, data.name,
+                   f"{data.description} (first {n_train}/{n_test})")
+
+
+def two_phase(a, sizes, seed):
+    return TwoPhaseDTP(sizes, mu=a.mu, slope=a.slope, bias=True, feedback="learned",
+                       eta=a.eta, eta_inv=a.eta_inv, compensate_decay=True, seed=seed,
+                       dtype=a.dtype)
+
+
+def dtp_learner(a, model, mode="quasi_static"):
+    return DendriticLearner(model, model.default_schedule(T_free=a.T_free, T_learn=a.T_learn),
+                            mode=mode, eta_hat=a.eta_hat)
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# sections
+# ----------------------------------------------------------------------------------------------
+def classification(a, data, n_in, epochs, name):
+    """Two-phase DTP vs backprop on ``data``; per seed the final test accuracies."""
+    rows = []
+    for seed in range(a.seeds):
+        model = two_phase(a, [n_in, a.hidden, a.hidden, 10], seed)
+        bp = BackpropLearner(model, lr=a.bp_lr)              # copies the initial weights
+        dtp = dtp_learner(a, model)
+        common = dict(epochs=epochs, batch_size=a.batch_size, seed=seed, progress=a.progress,
+                      diagnostics_every=0)
+        t0 = time.perf_counter()
+        h_dtp = train(dtp, data, **common)
+        t1 = time.perf_counter()
+        h_bp = train(bp, data, **common)
+        t2 = time.perf_counter()
+        rows.append({"seed": seed, "dtp": float(h_dtp.test_accuracy[-1]),
+                     "bp": float(h_bp.test_accuracy[-1]),
+                     "dtp_best": float(np.nanmax(h_dtp.test_accuracy)),
+                     "bp_best": float(np.nanmax(h_bp.test_accuracy)),
+                     "dtp_curve": h_dtp.test_accuracy.tolist(),
+                     "bp_curve": h_bp.test_accuracy.tolist(),
+                     "dtp_s": t1 - t0, "bp_s": t2 - t1,
+                     "unconverged": dtp.unconverged})
+        log(f"[{name}] seed {seed}: two-phase DTP {rows[-1]['dtp']:.4f} "
+            f"({t1 - t0:.0f} s), backprop {rows[-1]['bp']:.4f} ({t2 - t1:.0f} s)")
+    return rows
+
+
+def teacher_student(a, data):
+    """Mixture (6.17) with exact inverses vs backprop, test-MSE reduction factors."""
+    rows = []
+    for seed in range(a.seeds):
+        model = Mixture([6, 6, 6], mu=a.ts_mu, feedback="exact",
+                        transfer=["leaky_relu", "identity"], slope=0.35, eta=a.ts_eta,
+                        compensate_decay=True, seed=seed + 100, dtype=F64)
+        bp = BackpropLearner(model, lr=a.ts_bp_lr, loss="mse")
+        mix = DendriticLearner(model, model.default_schedule(T=a.ts_T), loss="mse",
+                               eta_hat=a.ts_eta_hat)
+        common = dict(epochs=a.epochs_ts, batch_size=a.batch_size, seed=seed,
+                      progress=a.progress, diagnostics_every=0)
+        t0 = time.perf_counter()
+        h_mix = train(mix, data, **common)
+        t1 = time.perf_counter()
+        h_bp = train(bp, data, **common)
+        t2 = time.perf_counter()
+        rows.append({"seed": seed,
+                     "mixture": float(h_mix.test_loss[0] / h_mix.test_loss[-1]),
+                     "bp": float(h_bp.test_loss[0] / h_bp.test_loss[-1]),
+                     "mse_init": float(h_mix.test_loss[0]),
+                     "mixture_mse": float(h_mix.test_loss[-1]),
+                     "bp_mse": float(h_bp.test_loss[-1]), "mixture_s": t1 - t0,
+                     "bp_s": t2 - t1})
+        log(f"[teacher-student] seed {seed}: mixture x{rows[-1]['mixture']:.3g}, "
+            f"backprop x{rows[-1]['bp']:.3g}")
+    return rows
+
+
+def timing(a, data):
+    """Seconds per digits epoch of quasi-static / coupled two-phase DTP and backprop."""
+    model = two_phase(a, [64, a.hidden, a.hidden, 10], seed=0)
+    bp = BackpropLearner(model, lr=a.bp_lr)
+    coupled_model = two_phase(a, [64, a.hidden, a.hidden, 10], seed=0)
+    qs, cp = dtp_learner(a, model), dtp_learner(a, coupled_model, mode="coupled")
+    x, y, _, _ = data.tensors(dtype=a.dtype)
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    batches = [perm[k:k + a.batch_size] for k in range(0, len(x), a.batch_size)]
+    if a.quick:
+        batches = batches[:max(a.coupled_batches, 4)]
+    spent = {"quasi_static": 0.0, "coupled": 0.0, "backprop": 0.0}
+    counted = {k: 0 for k in spent}
+    for k, idx in enumerate(batches):
+        plan = [("quasi_static", qs), ("backprop", bp)]
+        if k < a.coupled_batches:
+            plan.append(("coupled", cp))
+        for name, learner in plan:
+            t0 = time.perf_counter()
+            learner.step(x[idx], y[idx])
+            spent[name] += time.perf_counter() - t0
+            counted[name] += 1
+        log(f"[timing] batch {k + 1}/{len(batches)}")
+    per_epoch = {k: spent[k] / counted[k] * len(batches) for k in spent}
+    return {"batches_per_epoch": len(batches), "timed_batches": counted,
+            "seconds_per_epoch": per_epoch,
+            "quasi_static/backprop": per_epoch["quasi_static"] / per_epoch["backprop"],
+            "coupled/backprop": per_epoch["coupled"] / per_epoch["backprop"],
+            "extrapolated": {k: counted[k] < len(batches) for k in spent}}
+
+
+# ----------------------------------------------------------------------------------------------
+def mean_std(values):
+    v = np.asarray(values, dtype=float)
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else float("nan")
+
+
+def fmt(values, pct=True):
+    m, s = mean_std(values)
+    if pct:
+        return f"{100 * m:6.2f} %" + ("" if math.isnan(s) else f" +- {100 * s:.2f}")
+    return f"x{m:8.3g}" + ("" if math.isnan(s) else f" +- {s:.2g}")
+
+
+def main(argv=None):
+    a = parse(argv)
+    results = {"config": {k: (str(v) if isinstance(v, torch.dtype) else v)
+                          for k, v in vars(a).items()}}
+    digits = load_digits()
+    table = []
+    t_start = time.perf_counter()
+    if "digits" in a.only:
+        data = subset(digits, 400, 540) if a.quick else digits
+        rows = classification(a, data, 64, a.epochs_digits, "digits")
+        results["digits"] = rows
+        table.append((f"digits 64-{a.hidden}-{a.hidden}-10, {a.epochs_digits} ep, "
+                      f"{len(rows)} seed(s)", "test acc",
+                      fmt([r["dtp"] for r in rows]), fmt([r["bp"] for r in rows])))
+    if "mnist1d" in a.only:
+        data = load_mnist1d()
+        data = subset(data, 800, 1000) if a.quick else data
+        rows = classification(a, data, 40, a.epochs_mnist1d, "mnist1d")
+        results["mnist1d"] = rows
+        table.append((f"MNIST-1D 40-{a.hidden}-{a.hidden}-10, {a.epochs_mnist1d} ep, "
+                      f"{len(rows)} seed(s)", "test acc",
+                      fmt([r["dtp"] for r in rows]), fmt([r["bp"] for r in rows])))
+    if "teacher_student" in a.only:
+        data = load_teacher_student(n_train=640 if a.quick else 1920)
+        rows = teacher_student(a, data)
+        results["teacher_student"] = rows
+        table.append((f"teacher-student 6-6-6 exact, {a.epochs_ts} ep, {len(rows)} seed(s)",
+                      "MSE_0/MSE", fmt([r["mixture"] for r in rows], pct=False),
+                      fmt([r["bp"] for r in rows], pct=False)))
+    if "timing" in a.only:
+        tm = timing(a, digits)
+        results["timing"] = tm
+        ext = tm["extrapolated"]
+        sec = tm["seconds_per_epoch"]
+        table.append(("digits epoch wall time: quasi-static / backprop", "ratio",
+                      f"{tm['quasi_static/backprop']:8.1f}",
+                      f"{'~' if ext['quasi_static'] else ''}{sec['quasi_static']:.1f} s / "
+                      f"{sec['backprop']:.2f} s"))
+        table.append(("digits epoch wall time: coupled / backprop", "ratio",
+                      f"~{tm['coupled/backprop']:7.0f}" if ext["coupled"] else
+                      f"{tm['coupled/backprop']:8.0f}",
+                      f"{'~' if ext['coupled'] else ''}{sec['coupled']:.0f} s / "
+                      f"{sec['backprop']:.2f} s"))
+    results["wall_time_s"] = time.perf_counter() - t_start
+    print(f"\nbench_training ({'quick' if a.quick else 'full'}; dtype {a.dtype}; "
+          f"two-phase mu={a.mu} slope={a.slope} eta={a.eta} eta_inv={a.eta_inv} "
+          f"eta_hat={a.eta_hat} T={a.T_free}/{a.T_learn}; backprop lr={a.bp_lr:g}; "
+          f"batch {a.batch_size})")
+    w = max(len(r[0]) for r in table) if table else 10
+    print(f"{'comparison':<{w}}  {'metric':<10}  {'dendritic':>18}  {'backprop / detail':>22}")
+    for name, metric, dend, bp in table:
+        print(f"{name:<{w}}  {metric:<10}  {dend:>18}  {bp:>22}")
+    print(f"total wall time {results['wall_time_s']:.0f} s")
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(results, f, indent=2)
+    return results
+
+
+if __name__ == "__main__":
+    main()

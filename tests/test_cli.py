@@ -1,0 +1,245 @@
+"""The command line: the README's main job (with fewer epochs and examples), figures, plot,
+compare, analyze, simulate, configs, and one-line errors."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dendrite_sim.cli import main
+from dendrite_sim.config import (ConfigError, default_config_path, load_config, model_names,
+                                 validate_config)
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG = b"\x89PNG\r\n\x1a\n"
+# the README's main job, reduced: one epoch on the first 96 training / 60 test digits
+REDUCED = ["--set", "training.epochs=1", "--set", "data.max_train=96",
+           "--set", "data.max_test=60"]
+RUN_FIGURES = ("learning_curves.png", "learning_curves_vs_backprop.png", "alignment.png",
+               "diagnostics.png", "activity.png", "spectrum.png")
+
+
+def cli_command():
+    exe = shutil.which("dendrite-sim")
+    return [exe] if exe else [sys.executable, "-m", "dendrite_sim"]
+
+
+def readme_command(prefix: str) -> str:
+    """The first line of the README's fenced commands that contains ``prefix``."""
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if prefix in line:
+            return line.strip()
+    raise AssertionError(f"README has no line with {prefix!r}")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    result = subprocess.run(cli_command() + ["run", "two_phase", *REDUCED, "--out", str(out)],
+                            capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, MPLBACKEND="Agg"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result
+
+
+def assert_png(path: Path):
+    assert path.is_file(), f"missing {path}"
+    data = path.read_bytes()
+    assert data[:8] == PNG and len(data) > 2000, path
+
+
+def assert_one_line_error(err: str, *needles):
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("dendrite-sim: error: "), err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], (needle, err)
+
+
+# -- the main job ----------------------------------------------------------------------------
+def test_readme_runs_the_main_job():
+    line = readme_command("dendrite-sim run")
+    assert "dendrite-sim run two_phase" in line and "pip install" in line
+
+
+def test_run_directory_is_complete(run_dir):
+    out, result = run_dir
+    cfg = tomllib.loads((out / "config.toml").read_text())
+    assert validate_config(cfg) == cfg                       # resolved: every default filled
+    assert cfg["model"]["name"] == "two_phase" and cfg["training"]["epochs"] == 1
+    env = json.loads((out / "environment.json").read_text())
+    for key in ("python", "torch", "numpy", "torchdiffeq", "device"):
+        assert env[key], key
+    for learner in (out, out / "backprop"):
+        with np.load(learner / "trajectory.npz") as z:
+            for key in ("examples", "train_loss", "test_loss", "test_accuracy", "sim_time",
+                        "diag_cos_bp"):
+                assert key in z.files, key
+            assert len(z["test_accuracy"]) >= 2 and np.isfinite(z["test_accuracy"]).all()
+        summary = json.loads((learner / "summary.json").read_text())
+        assert summary["complete"] and 0.0 <= summary["final"]["test_accuracy"] <= 1.0
+        assert (learner / "checkpoint.pt").stat().st_size > 0
+    for name in RUN_FIGURES:
+        assert_png(out / "figures" / name)
+    assert "test accuracy: dendritic" in result.stdout and "vs backprop" in result.stdout
+    assert str(out / "figures") in result.stdout
+
+
+def test_run_refuses_to_overwrite_a_run(run_dir, capsys):
+    out, _ = run_dir
+    assert main(["run", "two_phase", *REDUCED, "--out", str(out), "--quiet"]) == 2
+    assert_one_line_error(capsys.readouterr().err, "--resume", "--overwrite")
+
+
+def test_plot_regenerates_every_figure(run_dir, capsys):
+    out, _ = run_dir
+    shutil.rmtree(out / "figures")
+    assert main(["plot", str(out)]) == 0
+    for name in RUN_FIGURES:
+        assert_png(out / "figures" / name)
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_compare_makes_a_markdown_table(run_dir, tmp_path, capsys):
+    out, _ = run_dir
+    table_file = tmp_path / "table.md"
+    assert main(["compare", str(out), "--out", str(table_file)]) == 0
+    printed = capsys.readouterr().out
+    rows = [line for line in table_file.read_text().splitlines() if line.startswith("|")]
+    assert rows[0].startswith("| run | model | learner") and len(rows) == 4   # head, rule, 2
+    assert "dendritic (quasi_static)" in rows[2] and "backprop" in rows[3]
+    assert "two_phase" in rows[2] and "%" in rows[2]
+    assert rows[0] in printed
+
+
+def test_simulate_from_a_run_directory(run_dir, tmp_path, capsys):
+    out, _ = run_dir
+    assert main(["simulate", str(out), "--out", str(tmp_path)]) == 0
+    assert_png(tmp_path / "activity.png")
+    with np.load(tmp_path / "simulation.npz") as z:
+        assert z["y"].shape[0] == z["t"].shape[0]
+    text = capsys.readouterr().out
+    assert "trained weights" in text and "'free'" in text and "'learn'" in text
+
+
+# -- analyze and simulate --------------------------------------------------------------------
+def test_analyze_with_a_mu_sweep(tmp_path, capsys):
+    assert main(["analyze", "mixture", "--sweep", "mu", "--values", "0.1:0.45:4",
+                 "--set", "output.examples=2", "--out", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "all equilibria locally stable" in text
+    assert "continuation in mu: 4 values" in text
+    assert_png(tmp_path / "spectrum.png")
+    assert_png(tmp_path / "continuation_mu.png")
+
+
+def test_analyze_feedback_gain_sweep_with_nudge(tmp_path, capsys):
+    assert main(["analyze", "two_phase", "--sweep", "feedback_gain", "--values", "0.5,1.0",
+                 "--teaching", "nudge", "--set", "output.examples=1",
+                 "--out", str(tmp_path)]) == 0
+    assert "continuation in feedback_gain: 2 values" in capsys.readouterr().out
+    assert_png(tmp_path / "continuation_feedback_gain.png")
+
+
+def test_simulate_writes_the_activity_plot(tmp_path, capsys):
+    assert main(["simulate", "mixture", "--out", str(tmp_path)]) == 0
+    assert_png(tmp_path / "activity.png")
+    assert "initial weights" in capsys.readouterr().out
+
+
+# -- configurations --------------------------------------------------------------------------
+@pytest.mark.parametrize("name", model_names())
+def test_every_model_has_a_valid_default_config(name):
+    assert default_config_path(name) is not None, f"configs/{name}.toml is missing"
+    cfg = load_config(name)
+    assert cfg["model"]["name"] == name
+    assert validate_config(cfg) == cfg
+
+
+def test_config_command_prints_resolved_toml(capsys):
+    assert main(["config", "two_phase", "--set", "model.mu=0.25",
+                 "--set", "model.sizes=[64, 20, 10]"]) == 0
+    cfg = tomllib.loads(capsys.readouterr().out)
+    assert cfg["model"]["mu"] == 0.25 and cfg["model"]["sizes"] == [64, 20, 10]
+
+
+def test_set_values_are_toml_literals_and_bare_words():
+    cfg = load_config("two_phase", ["training.eta_hat=0.5", "data.name=mnist1d",
+                                    "data.n_train=100", 'training.loss="mse"',
+                                    "training.baseline=false"])
+    assert cfg["training"]["eta_hat"] == 0.5 and cfg["data"]["name"] == "mnist1d"
+    assert cfg["data"]["n_train"] == 100 and cfg["training"]["loss"] == "mse"
+    assert cfg["training"]["baseline"] is False
+
+
+@pytest.mark.parametrize("override, key", [
+    ("training.epochs=abc", "training.epochs"),
+    ("training.epochs=1.5", "training.epochs"),
+    ("model.mu=true", "model.mu"),
+    ("model.sizes=[64, 'a']", "model.sizes"),
+    ("solver.rtol=[1]", "solver.rtol"),
+])
+def test_wrong_types_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config("two_phase", [override])
+
+
+# -- errors: one line, exit status 2, no traceback -------------------------------------------
+@pytest.mark.parametrize("argv, needles", [
+    (["run", "no_such_model"], ["unknown model 'no_such_model'", "two_phase"]),
+    (["run", "two_phase", "--set", "training.epochz=3"], ["training.epochz"]),
+    (["run", "two_phase", "--set", "training.epochs=abc"], ["training.epochs", "integer"]),
+    (["run", "two_phase", "--set", "data.name=mnist", "--set", "data.path=/no/such/dir"],
+     ["/no/such/dir"]),
+    (["run", "two_phase", "--set", "data.name=mnist"], ["data.path"]),
+    (["run", "two_phase", "--set", "nosection.a=1"], ["nosection"]),
+    (["run", "two_phase", "--set", "model.mu=0.7", "--quiet"], ["mu"]),
+    (["run", "/no/such/config.toml"], ["/no/such/config.toml"]),
+    (["analyze", "mixture", "--sweep", "mu", "--values", "1:2"], ["--values"]),
+    (["plot", "/no/such/run"], ["/no/such/run"]),
+    (["compare", "/no/such/run"], ["/no/such/run"]),
+    (["run"], ["MODEL_OR_CONFIG"]),
+    (["frobnicate"], ["frobnicate"]),
+])
+def test_errors_print_one_line_and_exit_2(argv, needles, capsys):
+    with_exit = None
+    try:
+        code = main(argv)
+    except SystemExit as exit_:          # argparse usage errors
+        code = with_exit = exit_.code
+    assert code == 2, with_exit
+    assert_one_line_error(capsys.readouterr().err, *needles)
+
+
+def test_error_from_the_console_entry_point_has_no_traceback():
+    result = subprocess.run(cli_command() + ["run", "no_such_model"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr, "no_such_model")
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["simulate"], ["analyze"], ["compare"],
+                                     ["plot"], ["config"], ["models"]])
+def test_help_on_every_subcommand(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(command + ["--help"])
+    assert exit_.value.code == 0
+    assert "usage: dendrite-sim" in capsys.readouterr().out
+
+
+def test_ci_script_runs_the_readme_test_command():
+    line = readme_command("pytest")
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "set -euo pipefail" in ci
+    for command in line.split(" && "):
+        assert command.strip() in ci, command
