@@ -119,8 +119,8 @@ def _anderson(residual, y, F, tol, max_iter, step, memory=10, patience=5):
     idx = ((best > tol) & torch.isfinite(best)).nonzero().flatten()
     sub, ya, fa = residual.subset(idx), y[idx], step * F[idx]
     best, since_best = best[idx], torch.zeros_like(idx)
-    d_f = ya.new_zeros(idx.numel(), memory, ya.shape[-1])
-    d_g = torch.zeros_like(d_f)
+    d_f = ya.new_empty(idx.numel(), memory, ya.shape[-1])   # only filled slots are read
+    d_g = torch.empty_like(d_f)
     iterations = 0
     while iterations < max_iter and idx.numel():
         filled = min(iterations, memory)
