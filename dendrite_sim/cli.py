@@ -170,12 +170,14 @@ def _setup(target, overrides, weights=True):
 
 def _examples(data, learner, first: int, count: int):
     """``(x, y)`` test examples ``first .. first+count-1`` (train set if there is no test)."""
-    x_tr, y_tr, x_te, y_te = data.tensors(dtype=learner.dtype, device=learner.device)
-    x, y = (x_te, y_te) if len(x_te) else (x_tr, y_tr)
+    import torch
+    x, y = (data.x_test, data.y_test) if len(data.x_test) else (data.x_train, data.y_train)
     if first >= len(x):
         raise ConfigError(f"output.example must be < {len(x)} (examples in the set); "
                           f"got {first}")
-    return x[first:first + count], y[first:first + count]
+    y_dtype = torch.int64 if data.task == "classification" else learner.dtype
+    return (torch.as_tensor(x[first:first + count], dtype=learner.dtype, device=learner.device),
+            torch.as_tensor(y[first:first + count], dtype=y_dtype, device=learner.device))
 
 
 # ================================================================================================
@@ -323,6 +325,7 @@ def cmd_run(args) -> int:
                 f"({len(data.x_train)} train / {len(data.x_test)} test), {tr['epochs']} "
                 f"epoch(s), batch {tr['batch_size']}, {tr['mode']} learning; config {origin}",
          f"run directory: {out}", "training the dendritic network ...")
+    _thread_hint(quiet, model.device)
     start = time.perf_counter()
     hist = train(learner, data, out_dir=out, **common)
     bp_hist = None
@@ -334,6 +337,16 @@ def cmd_run(args) -> int:
     elapsed = time.perf_counter() - start
     print(_result_lines(out, hist, bp_hist, figures, elapsed, learner.unconverged))
     return 0
+
+
+def _thread_hint(quiet, device):
+    """Suggest OMP_NUM_THREADS=1: small networks run slower with several CPU threads."""
+    import torch
+    if quiet or "OMP_NUM_THREADS" in os.environ or torch.device(device).type != "cpu":
+        return
+    if torch.get_num_threads() > 1:
+        _say(False, f"hint: {torch.get_num_threads()} CPU threads; for these small networks "
+                    "OMP_NUM_THREADS=1 is usually several times faster")
 
 
 def _result_lines(out, hist, bp_hist, figures, elapsed, unconverged) -> str:

@@ -640,8 +640,19 @@ def build_model(cfg: dict, data=None):
         if sizes[-1] != data.n_outputs:
             raise ConfigError(f"model.sizes ends with {sizes[-1]} outputs but data set "
                               f"{data.name!r} has {data.n_outputs} outputs")
+    kwargs = _model_kwargs(cfg)
+    device = kwargs.get("device")
+    if device is not None:
+        import torch
+        try:
+            dev = torch.device(device)
+        except RuntimeError as err:
+            raise ConfigError(f"model.device: {err}") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"model.device is {device!r} but this torch has no usable CUDA "
+                              f"(torch {torch.__version__}; install a CUDA build of torch)")
     try:
-        return cls(**_model_kwargs(cfg))
+        return cls(**kwargs)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"model ({cls.__name__}): {err}") from None
 
