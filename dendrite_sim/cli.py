@@ -34,10 +34,10 @@ import math
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+from .files import atomic_write
 from .config import (ConfigError, build_data, build_model, build_schedule, dumps_toml,
                      learner_options, model_names, model_registry, resolve_source,
                      apply_overrides, validate_config)
@@ -65,20 +65,7 @@ def _warn(message: str):
 
 
 def _atomic_text(path: Path, text: str) -> Path:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda handle: handle.write(text.encode("utf-8")), mode=0o644)
 
 
 def _default_dir(cfg: dict, kind: str | None = None) -> Path:

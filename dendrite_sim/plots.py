@@ -7,13 +7,13 @@ global figure state, no GUI, safe under the Agg backend and in threads), or on t
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+
+from .files import atomic_write
 
 __all__ = ["plot_activity", "plot_eigenvalues", "plot_continuation", "plot_learning_curves",
            "plot_layer_diagnostics", "save"]
@@ -206,17 +206,4 @@ def save(fig: Figure, path, **savefig_kwargs) -> Path:
     (default PNG). Returns the path."""
     path = Path(path)
     fmt = savefig_kwargs.pop("format", path.suffix.lstrip(".").lower() or "png")
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format=fmt, **savefig_kwargs)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda handle: fig.savefig(handle, format=fmt, **savefig_kwargs))

@@ -64,9 +64,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +72,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .files import atomic_write
 from .errors import check_range
 from .teaching import LOSSES, Nudge, loss_gradient, loss_value
 
@@ -593,7 +592,7 @@ class History:
         """Write every array (and the configuration as JSON text) atomically."""
         arrays = self.arrays()
         arrays["config_json"] = np.array(json.dumps(self.config, default=str))
-        return _atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
+        return atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
 
     @classmethod
     def from_npz(cls, path) -> "History":
@@ -617,29 +616,9 @@ def _empty_records() -> dict:
 # ============================================================================================
 # atomic files
 # ============================================================================================
-def _atomic_write(path, write) -> Path:
-    """Call ``write(binary file)`` on a temporary file next to ``path``, fsync, then
-    ``os.replace`` it onto ``path``; on error the temporary file is removed and ``path``
-    is left as it was."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def _write_json(path, obj) -> Path:
     text = json.dumps(obj, indent=2, default=str, allow_nan=True).encode()
-    return _atomic_write(path, lambda f: f.write(text))
+    return atomic_write(path, lambda f: f.write(text))
 
 
 # ============================================================================================
@@ -824,7 +803,7 @@ def train(learner, data, *, epochs, batch_size=32, eval_every=1, seed=0, out_dir
                                                    done))
         payload = {k: state[k] for k in state}
         payload.update(learner=learner.state_dict(), rng=gen.get_state(), config=config)
-        _atomic_write(ckpt_path, lambda f: torch.save(payload, f))
+        atomic_write(ckpt_path, lambda f: torch.save(payload, f))
 
     if state["step"] == 0 and not records["eval"]["examples"]:
         evaluate()

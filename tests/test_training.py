@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import dendrite_sim as ds
+from dendrite_sim.files import atomic_write
 from dendrite_sim import training
 from dendrite_sim.data import Dataset, load_digits
 from dendrite_sim.models import Mixture
@@ -333,7 +334,7 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
         raise OSError("disk full")
 
     with pytest.raises(OSError):
-        training._atomic_write(path, broken)
+        atomic_write(path, broken)
     assert json.loads(path.read_text()) == {"a": 1}
     assert os.listdir(tmp_path) == ["summary.json"]
 
