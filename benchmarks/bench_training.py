@@ -14,7 +14,12 @@ dendritic network learns) on the same seeded mini-batches, and reports the final
 4. wall time of one digits epoch (same network, batch size and batches): quasi-static two-phase
    DTP / backprop and coupled two-phase DTP / backprop. The quasi-static and backprop epochs
    are timed in full; the coupled mode (one ODE for activity, traces and weights, dopri5) is
-   timed on ``--coupled-batches`` batches and extrapolated to an epoch (marked ``~``).
+   timed on ``--coupled-batches`` batches and extrapolated to an epoch (marked ``~``). All
+   rates are multiplied by ``--timing-rate-scale`` (0.01) here: with the training rates the
+   coupled learning phase runs away — (6.35) is a positive feedback while ``W`` moves within
+   the phase (``h_i`` follows ``W_i`` away from the held ``z_i``, growth rate about
+   ``eta_i ||h_{i-1}||^2``), which the quasi-static single Euler step never sees — and dopri5
+   stops with "underflow in dt".
 
 Wall times depend on the machine and its load; the ratios are taken in one process, the three
 learners interleaved batch by batch. Usage::
@@ -23,7 +28,9 @@ learners interleaved batch by batch. Usage::
     python benchmarks/bench_training.py --quick    # reduced: 1 seed, few epochs, subsets
     python benchmarks/bench_training.py --only digits timing --seeds 2 --out results.json
 
-No ``torch.set_num_threads`` here (SPEC §5b): pin threads with ``OMP_NUM_THREADS``.
+No ``torch.set_num_threads`` here (SPEC §5b): pin threads with ``OMP_NUM_THREADS``. On a
+small shared machine ``OMP_NUM_THREADS=1`` is much faster (measured 30x per presentation on 2
+busy cores: the batches are small and idle OpenMP threads spin).
 """
 from __future__ import annotations
 
@@ -37,6 +44,7 @@ import numpy as np
 import torch
 
 from dendrite_sim.data import Dataset, load_digits, load_mnist1d, load_teacher_student
+from dendrite_sim.errors import NumericalError
 from dendrite_sim.models import Mixture, TwoPhaseDTP
 from dendrite_sim.training import BackpropLearner, DendriticLearner, train
 
@@ -53,23 +61,27 @@ def parse(argv=None):
     p.add_argument("--quick", action="store_true",
                    help="reduced run: 1 seed, few epochs, data subsets (minutes)")
     p.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
-    p.add_argument("--seeds", type=int, default=None, help="seeds per comparison (default 3)")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="seeds for digits and teacher-student (default 3; --quick 1)")
+    p.add_argument("--seeds-mnist1d", type=int, default=None,
+                   help="seeds for MNIST-1D (default 1: an epoch is 125 presentations)")
     p.add_argument("--hidden", type=int, default=64, help="h of 64-h-h-10 / 40-h-h-10")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--epochs-digits", type=int, default=None)
     p.add_argument("--epochs-mnist1d", type=int, default=None)
     p.add_argument("--epochs-ts", type=int, default=None)
     # two-phase DTP
-    p.add_argument("--mu", type=float, default=0.2)
+    p.add_argument("--mu", type=float, default=0.1)
     p.add_argument("--slope", type=float, default=0.3, help="leaky-ReLU negative slope")
-    p.add_argument("--eta", type=float, default=0.1, help="forward rate of (6.35)")
-    p.add_argument("--eta-inv", type=float, default=0.001, help="feedback rate of (6.37)")
+    p.add_argument("--eta", type=float, nargs=3, default=[0.004, 0.06, 0.5],
+                   metavar=("ETA_1", "ETA_2", "ETA_3"),
+                   help="per-layer forward rates of (6.35), before the decay compensation "
+                        "((1-mu)/mu)^(L+1-i)")
+    p.add_argument("--eta-inv", type=float, default=0.002, help="feedback rate of (6.37)")
     p.add_argument("--eta-hat", type=float, default=0.1, help="output nudge step (6.10)")
     p.add_argument("--T-free", type=float, default=20.0)
     p.add_argument("--T-learn", type=float, default=20.0)
-    p.add_argument("--bp-lr", type=float, default=None,
-                   help="backprop learning rate (default: the effective rate of the "
-                        "dendritic rule, eta * T_learn * eta_hat)")
+    p.add_argument("--bp-lr", type=float, default=0.2, help="backprop learning rate")
     # teacher-student mixture
     p.add_argument("--ts-mu", type=float, default=0.2)
     p.add_argument("--ts-eta", type=float, default=0.05)
@@ -78,6 +90,10 @@ def parse(argv=None):
     p.add_argument("--ts-bp-lr", type=float, default=None)
     # timing
     p.add_argument("--coupled-batches", type=int, default=None)
+    p.add_argument("--timing-rate-scale", type=float, default=0.01,
+                   help="the timing section multiplies every rate (eta, eta_inv, backprop lr) "
+                        "by this: with the training rates the coupled learning phase runs "
+                        "away (see the module docstring)")
     p.add_argument("--float32", action="store_true", help="float32 instead of float64")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.add_argument("--progress", action="store_true", help="progress bars on stderr")
@@ -87,8 +103,8 @@ def parse(argv=None):
     a.epochs_digits = a.epochs_digits or (2 if quick else 20)
     a.epochs_mnist1d = a.epochs_mnist1d or (1 if quick else 20)
     a.epochs_ts = a.epochs_ts or (2 if quick else 20)
+    a.seeds_mnist1d = a.seeds_mnist1d or 1
     a.coupled_batches = a.coupled_batches or (1 if quick else 3)
-    a.bp_lr = a.bp_lr if a.bp_lr is not None else a.eta * a.T_learn * a.eta_hat
     a.ts_bp_lr = a.ts_bp_lr if a.ts_bp_lr is not None else \
         a.ts_eta * a.ts_T * a.ts_eta_hat
     a.dtype = torch.float32 if a.float32 else F64
@@ -102,10 +118,10 @@ def subset(data: Dataset, n_train, n_test) -> Dataset:
                    f"{data.description} (first {n_train}/{n_test})")
 
 
-def two_phase(a, sizes, seed):
+def two_phase(a, sizes, seed, scale=1.0):
     return TwoPhaseDTP(sizes, mu=a.mu, slope=a.slope, bias=True, feedback="learned",
-                       eta=a.eta, eta_inv=a.eta_inv, compensate_decay=True, seed=seed,
-                       dtype=a.dtype)
+                       eta=[scale * e for e in a.eta], eta_inv=scale * a.eta_inv,
+                       compensate_decay=True, seed=seed, dtype=a.dtype)
 
 
 def dtp_learner(a, model, mode="quasi_static"):
@@ -120,10 +136,10 @@ def log(msg):
 # ----------------------------------------------------------------------------------------------
 # sections
 # ----------------------------------------------------------------------------------------------
-def classification(a, data, n_in, epochs, name):
+def classification(a, data, n_in, epochs, name, seeds):
     """Two-phase DTP vs backprop on ``data``; per seed the final test accuracies."""
     rows = []
-    for seed in range(a.seeds):
+    for seed in range(seeds):
         model = two_phase(a, [n_in, a.hidden, a.hidden, 10], seed)
         bp = BackpropLearner(model, lr=a.bp_lr)              # copies the initial weights
         dtp = dtp_learner(a, model)
@@ -178,33 +194,42 @@ def teacher_student(a, data):
 
 def timing(a, data):
     """Seconds per digits epoch of quasi-static / coupled two-phase DTP and backprop."""
-    model = two_phase(a, [64, a.hidden, a.hidden, 10], seed=0)
-    bp = BackpropLearner(model, lr=a.bp_lr)
-    coupled_model = two_phase(a, [64, a.hidden, a.hidden, 10], seed=0)
+    scale = a.timing_rate_scale
+    model = two_phase(a, [64, a.hidden, a.hidden, 10], seed=0, scale=scale)
+    bp = BackpropLearner(model, lr=scale * a.bp_lr)
+    coupled_model = two_phase(a, [64, a.hidden, a.hidden, 10], seed=0, scale=scale)
     qs, cp = dtp_learner(a, model), dtp_learner(a, coupled_model, mode="coupled")
     x, y, _, _ = data.tensors(dtype=a.dtype)
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
     batches = [perm[k:k + a.batch_size] for k in range(0, len(x), a.batch_size)]
+    n_epoch = len(batches)
     if a.quick:
         batches = batches[:max(a.coupled_batches, 4)]
     spent = {"quasi_static": 0.0, "coupled": 0.0, "backprop": 0.0}
     counted = {k: 0 for k in spent}
+    failures = []
     for k, idx in enumerate(batches):
         plan = [("quasi_static", qs), ("backprop", bp)]
         if k < a.coupled_batches:
             plan.append(("coupled", cp))
         for name, learner in plan:
             t0 = time.perf_counter()
-            learner.step(x[idx], y[idx])
+            try:
+                learner.step(x[idx], y[idx])
+            except NumericalError as err:      # report, do not hide
+                failures.append(f"{name} batch {k}: {err}")
+                log(f"[timing] {name} failed on batch {k}: {err}")
+                continue
             spent[name] += time.perf_counter() - t0
             counted[name] += 1
         log(f"[timing] batch {k + 1}/{len(batches)}")
-    per_epoch = {k: spent[k] / counted[k] * len(batches) for k in spent}
-    return {"batches_per_epoch": len(batches), "timed_batches": counted,
-            "seconds_per_epoch": per_epoch,
+    per_epoch = {k: spent[k] / counted[k] * n_epoch if counted[k] else float("nan")
+                 for k in spent}
+    return {"batches_per_epoch": n_epoch, "timed_batches": counted,
+            "seconds_per_epoch": per_epoch, "rate_scale": scale, "failures": failures,
             "quasi_static/backprop": per_epoch["quasi_static"] / per_epoch["backprop"],
             "coupled/backprop": per_epoch["coupled"] / per_epoch["backprop"],
-            "extrapolated": {k: counted[k] < len(batches) for k in spent}}
+            "extrapolated": {k: counted[k] < n_epoch for k in spent}}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -229,7 +254,7 @@ def main(argv=None):
     t_start = time.perf_counter()
     if "digits" in a.only:
         data = subset(digits, 400, 540) if a.quick else digits
-        rows = classification(a, data, 64, a.epochs_digits, "digits")
+        rows = classification(a, data, 64, a.epochs_digits, "digits", a.seeds)
         results["digits"] = rows
         table.append((f"digits 64-{a.hidden}-{a.hidden}-10, {a.epochs_digits} ep, "
                       f"{len(rows)} seed(s)", "test acc",
@@ -237,7 +262,7 @@ def main(argv=None):
     if "mnist1d" in a.only:
         data = load_mnist1d()
         data = subset(data, 800, 1000) if a.quick else data
-        rows = classification(a, data, 40, a.epochs_mnist1d, "mnist1d")
+        rows = classification(a, data, 40, a.epochs_mnist1d, "mnist1d", a.seeds_mnist1d)
         results["mnist1d"] = rows
         table.append((f"MNIST-1D 40-{a.hidden}-{a.hidden}-10, {a.epochs_mnist1d} ep, "
                       f"{len(rows)} seed(s)", "test acc",
@@ -254,6 +279,8 @@ def main(argv=None):
         results["timing"] = tm
         ext = tm["extrapolated"]
         sec = tm["seconds_per_epoch"]
+        table.append((f"(timing: rates x{tm['rate_scale']:g}; "
+                      f"{len(tm['failures'])} failed step(s))", "", "", ""))
         table.append(("digits epoch wall time: quasi-static / backprop", "ratio",
                       f"{tm['quasi_static/backprop']:8.1f}",
                       f"{'~' if ext['quasi_static'] else ''}{sec['quasi_static']:.1f} s / "
@@ -265,9 +292,10 @@ def main(argv=None):
                       f"{sec['backprop']:.2f} s"))
     results["wall_time_s"] = time.perf_counter() - t_start
     print(f"\nbench_training ({'quick' if a.quick else 'full'}; dtype {a.dtype}; "
-          f"two-phase mu={a.mu} slope={a.slope} eta={a.eta} eta_inv={a.eta_inv} "
-          f"eta_hat={a.eta_hat} T={a.T_free}/{a.T_learn}; backprop lr={a.bp_lr:g}; "
-          f"batch {a.batch_size})")
+          f"two-phase mu={a.mu} slope={a.slope} eta={a.eta} (x((1-mu)/mu)^(L+1-i)) "
+          f"eta_inv={a.eta_inv} eta_hat={a.eta_hat} T={a.T_free}/{a.T_learn}; backprop "
+          f"lr={a.bp_lr:g}; batch {a.batch_size}; teacher-student mixture mu={a.ts_mu} "
+          f"eta={a.ts_eta} eta_hat={a.ts_eta_hat} T={a.ts_T}, backprop lr={a.ts_bp_lr:g})")
     w = max(len(r[0]) for r in table) if table else 10
     print(f"{'comparison':<{w}}  {'metric':<10}  {'dendritic':>18}  {'backprop / detail':>22}")
     for name, metric, dend, bp in table:

@@ -35,8 +35,9 @@ where a quantity does not exist):
 ``cos_bp``         cosine between ``Delta theta_i`` and ``-dLoss/dtheta_i``, the backprop
                    gradient of the batch-mean loss of the forward pass at the same weights
                    (autograd).
-``cos_gn``         cosine between ``Delta theta_i`` and the Gauss–Newton direction
-                   (:func:`gauss_newton_direction`).
+``cos_gn``         cosine between ``Delta theta_i`` and the Gauss–Newton (target propagation)
+                   direction (:func:`gauss_newton_direction`; exact GN where the layers above
+                   are square and invertible, layer-wise pseudo-inverses where they contract).
 ``recon_error``    batch mean of ``||g_i(f_{i+1}(h_i)) - h_i||`` at the free equilibrium
                    (``i < L``; feedback maps only; ~0 for exact inverses).
 ``q_distance``     ``||Q_i - W_{i+1}^+||_F / ||W_{i+1}^+||_F`` (learned feedback only).
@@ -144,16 +145,20 @@ def gauss_newton_direction(pathways, params, x, target, loss) -> dict:
     """Per-layer Gauss–Newton target direction of target propagation, as weight directions.
 
     At the forward pass, with ``e_L = dLoss/dh_L`` per example and the layer Jacobians
-    ``J_k = D_{s_k} W_k`` (``D_{s_k} = diag s_k'(W_k h_{k-1} + b_k)``), the GN target
-    direction of layer ``i`` is::
+    ``J_k = D_{s_k} W_k`` (``D_{s_k} = diag s_k'(W_k h_{k-1} + b_k)``), the target direction
+    of layer ``i`` is the output step ``-e_L`` pulled back through the inverse layer
+    Jacobians::
 
-        delta h_L = -e_L,      delta h_i = [J_{i+1}^{-1} ... J_L^{-1}] delta h_L
+        delta h_L = -e_L,      delta h_i = J_{i+1}^+ delta h_{i+1} = [J_{i+1}^+ ... J_L^+] delta h_L
 
-    (the inverse of the composite Jacobian of ``h_L`` w.r.t. ``h_i``; TP with exact inverses
-    follows it, Meulemans et al. 2020). When layers ``i..L`` are not all square the composite
-    Jacobian ``C_i = J_L ... J_{i+1}`` is replaced by its pseudo-inverse (the minimum-norm GN
-    step); for square invertible layers the two agree. The weight direction is the
-    batch mean of the local delta rule that moves ``h_i`` toward ``h_i + delta h_i``::
+    For square invertible layers ``J^+ = J^{-1}`` and ``delta h_i`` is the Gauss–Newton step
+    for ``h_i`` (the inverse of the Jacobian of ``h_L`` w.r.t. ``h_i``; TP with exact inverses
+    follows it, Meulemans et al. 2020). Where a layer contracts (e.g. 64 -> 10 outputs) each
+    ``J^+`` is the layer's pseudo-inverse: the target that target propagation with ideal
+    pseudo-inverse feedback (``Q_i = W_{i+1}^+``) propagates, which below such a layer is *not*
+    the minimum-norm GN step ``(J_L ... J_{i+1})^+ delta h_L`` (Meulemans et al. 2020, §3).
+    The weight direction is the batch mean of the local delta rule that moves ``h_i`` toward
+    ``h_i + delta h_i``::
 
         G_W_i = mean_b D_{s_i} delta h_i h_{i-1}^T,     G_b_i = mean_b D_{s_i} delta h_i
 
@@ -167,16 +172,12 @@ def gauss_newton_direction(pathways, params, x, target, loss) -> dict:
         d = [None] + [pathways.transfers[i - 1].derivative(a[i]) for i in range(1, L + 1)]
         delta = [None] * (L + 1)
         delta[L] = -loss_gradient(loss, h[L], target)
-        composite = None
-        square = True
         for i in range(L - 1, 0, -1):
             J = d[i + 1][:, :, None] * params["W"][i]               # (B, n_{i+1}, n_i)
-            composite = J if composite is None else composite @ J  # (B, n_L, n_i)
-            square = square and J.shape[1] == J.shape[2]
-            if square:
+            if J.shape[1] == J.shape[2]:
                 delta[i] = torch.linalg.solve(J, delta[i + 1])
             else:
-                delta[i] = (torch.linalg.pinv(composite) @ delta[L][:, :, None])[:, :, 0]
+                delta[i] = (torch.linalg.pinv(J) @ delta[i + 1][:, :, None])[:, :, 0]
         B = x.shape[0]
         out = {"W": [], "b": []}
         for i in range(1, L + 1):
@@ -222,6 +223,7 @@ class _Learner:
     dtype: torch.dtype
     device: torch.device
     eval_chunk = 1024
+    dynamic = False
 
     def _target(self, y):
         return loss_target(y, self.sizes[-1], self.dtype)
@@ -345,6 +347,8 @@ class DendriticLearner(_Learner):
     """
 
     MODES = ("quasi_static", "coupled")
+    #: has neural dynamics: equilibria, reconstruction errors and spectra are diagnosed
+    dynamic = True
 
     def __init__(self, model, schedule=None, mode="quasi_static", loss="cross_entropy",
                  eta_hat=0.1, present_kwargs=None, fixed_point_kwargs=None):
@@ -363,6 +367,7 @@ class DendriticLearner(_Learner):
         self.present_kwargs = dict(present_kwargs or {})
         self.fixed_point_kwargs = dict(fixed_point_kwargs or {})
         self.unconverged = 0  # free equilibria of predict() that did not converge
+        self.unconverged_presentations = 0  # presentations with an unconverged phase
 
     @property
     def params(self) -> dict:
@@ -386,7 +391,10 @@ class DendriticLearner(_Learner):
                        params=self.model.params, **self.present_kwargs)
         new = {n: [None if p is None else p.detach() for p in pres.params[n]]
                for n in self.model.params}
-        return new, {"sim_time": float(pres.sim_time), "nfev": int(pres.nfev)}
+        converged = bool(getattr(pres, "converged", True))
+        self.unconverged_presentations += int(not converged)
+        return new, {"sim_time": float(pres.sim_time), "nfev": int(pres.nfev),
+                     "converged": converged}
 
     def commit(self, new):
         for n, values in new.items():
@@ -467,7 +475,7 @@ def layer_diagnostics(learner, x, y, n_eig: int = 4) -> dict:
     gn = gauss_newton_direction(pathways, current, x, target, learner.loss_name)
     out["cos_bp"] = [_cosine(d, g) for d, g in zip(delta, _layer_vectors(neg_grad, L))]
     out["cos_gn"] = [_cosine(d, g) for d, g in zip(delta, _layer_vectors(gn, L))]
-    if isinstance(learner, DendriticLearner):
+    if getattr(learner, "dynamic", False):
         out.update(_dynamic_diagnostics(learner, x, y, n_eig))
     return out
 
@@ -705,8 +713,8 @@ def train(learner, data, *, epochs, batch_size=32, eval_every=1, seed=0, out_dir
     seed : seeds the shuffling, the probe batch and the evaluation subsets.
     out_dir : if given, ``trajectory.npz``, ``summary.json`` and ``checkpoint.pt`` are written
         there (atomically) at every evaluation.
-    resume : continue from ``out_dir/checkpoint.pt`` (same configuration required); without a
-        checkpoint the run starts from scratch.
+    resume : continue from ``out_dir/checkpoint.pt`` (same configuration required); with no
+        files in ``out_dir`` the run starts from scratch.
     progress : a progress line on stderr.
     diagnostics_every : sample the diagnostics every this many batches (default: at every
         evaluation); ``0`` disables them.
@@ -770,10 +778,13 @@ def train(learner, data, *, epochs, batch_size=32, eval_every=1, seed=0, out_dir
             learner.load_state_dict(ckpt["learner"])
             gen.set_state(ckpt["rng"])
             state = {k: ckpt[k] for k in state}
-        elif existing and not overwrite and not resume:
+        elif existing and not overwrite:
+            hint = ("resume=True found no checkpoint.pt to continue from; pass "
+                    "overwrite=True to start afresh there, or another out_dir") if resume else \
+                ("pass resume=True to continue it, overwrite=True to replace it, or another "
+                 "out_dir")
             raise FileExistsError(f"out_dir {str(out)!r} already holds {existing} of an earlier "
-                                  "run; pass resume=True to continue it, overwrite=True to "
-                                  "replace it, or another out_dir")
+                                  f"run; {hint}")
     records = state["records"]
     bar = _Progress(progress, total)
     clock = time.perf_counter()
@@ -799,8 +810,11 @@ def train(learner, data, *, epochs, batch_size=32, eval_every=1, seed=0, out_dir
         state["wall_time"] = wall()
         hist = History.from_records(records, depth, config)
         hist.to_npz(out / "trajectory.npz")
-        _write_json(out / "summary.json", _summary(hist, config, state, per_epoch, total,
-                                                   done))
+        summary = _summary(hist, config, state, per_epoch, total, done)
+        summary["solver"] = {k: getattr(learner, k) for k in
+                             ("unconverged", "unconverged_presentations")
+                             if hasattr(learner, k)}
+        _write_json(out / "summary.json", summary)
         payload = {k: state[k] for k in state}
         payload.update(learner=learner.state_dict(), rng=gen.get_state(), config=config)
         atomic_write(ckpt_path, lambda f: torch.save(payload, f))

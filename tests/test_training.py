@@ -172,17 +172,24 @@ def test_gauss_newton_direction_linear_closed_form():
 
 
 def test_gauss_newton_pseudo_inverse_for_contracting_layer():
-    model = linear_model([4, 4, 2], seed=6)
+    """Contracting output layer: delta h_2 = -W_3^+ e, delta h_1 = -W_2^{-1} W_3^+ e (the
+    product of layer pseudo-inverses, not the minimum-norm (W_3 W_2)^+ e)."""
+    model = linear_model([3, 3, 3, 2], seed=6)
     gen = torch.Generator().manual_seed(3)
-    x = torch.randn(4, 4, generator=gen, dtype=F64)
+    x = torch.randn(4, 3, generator=gen, dtype=F64)
     y = torch.randn(4, 2, generator=gen, dtype=F64)
     G = gauss_newton_direction(model.pathways, model.params, x, y, "mse")
-    W1, W2 = (w.numpy() for w in model.params["W"])
+    W1, W2, W3 = (w.numpy() for w in model.params["W"])
     h1 = x.numpy() @ W1.T
-    e = h1 @ W2.T - y.numpy()
-    delta = -(np.linalg.pinv(W2) @ e.T).T
-    np.testing.assert_allclose(G["W"][0].numpy(), delta.T @ x.numpy() / 4, rtol=1e-9,
+    h2 = h1 @ W2.T
+    e = h2 @ W3.T - y.numpy()
+    d2 = -(np.linalg.pinv(W3) @ e.T).T
+    d1 = np.linalg.solve(W2, d2.T).T
+    np.testing.assert_allclose(G["W"][1].numpy(), d2.T @ h1 / 4, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(G["W"][0].numpy(), d1.T @ x.numpy() / 4, rtol=1e-9,
                                atol=1e-12)
+    min_norm = -(np.linalg.pinv(W3 @ W2) @ e.T).T
+    assert not np.allclose(G["W"][0].numpy(), min_norm.T @ x.numpy() / 4, rtol=1e-3)
 
 
 def test_cos_gn_closed_form_single_example():
@@ -323,6 +330,12 @@ def test_resume_refuses_other_configuration(tmp_path, digits):
     with pytest.raises(FileExistsError, match="resume=True"):
         train(bp_learner(), data, epochs=1, out_dir=tmp_path, progress=False)
     train(bp_learner(), data, epochs=1, out_dir=tmp_path, progress=False, overwrite=True)
+    (tmp_path / "checkpoint.pt").unlink()          # a trajectory without its checkpoint
+    with pytest.raises(FileExistsError, match="no checkpoint"):
+        train(bp_learner(), data, epochs=2, out_dir=tmp_path, resume=True, progress=False)
+    fresh = train(bp_learner(), data, epochs=1, out_dir=tmp_path / "new", resume=True,
+                  progress=False)                  # resume with nothing there: from scratch
+    assert fresh.batches[-1] == 10
 
 
 def test_atomic_write_keeps_old_file_on_failure(tmp_path):
@@ -379,3 +392,76 @@ def test_validation_errors(digits):
         DendriticLearner(Mixture([4, 4, 4]), schedule=object(), mode="fast")
     with pytest.raises(ValueError, match="y"):
         learner.step(torch.zeros(2, 4), torch.tensor([0, 7]))
+
+
+# ----------------------------------------------------------------------------------------------
+# dendritic learners (learning.present)
+# ----------------------------------------------------------------------------------------------
+def two_phase_model(seed=0, sizes=(64, 16, 10)):
+    from dendrite_sim.models import TwoPhaseDTP
+    return TwoPhaseDTP(list(sizes), mu=0.2, slope=0.3, bias=True, eta=0.1, eta_inv=0.001,
+                       compensate_decay=True, dtype=F64, seed=seed)
+
+
+def dtp_learner(seed=0):
+    model = two_phase_model(seed)
+    return DendriticLearner(model, model.default_schedule(T_free=20.0, T_learn=20.0),
+                            eta_hat=0.1)
+
+
+def test_two_phase_training_lowers_test_loss(digits):
+    data = small_digits(digits, 320, 200)
+    learner = dtp_learner()
+    baseline = BackpropLearner(learner.model, lr=0.5)
+    hist = train(learner, data, epochs=1, batch_size=32, eval_every=0.5, diagnostics_every=5,
+                 progress=False)
+    assert hist.test_loss[-1] < 0.9 * hist.test_loss[0]
+    assert hist.test_accuracy[-1] > hist.test_accuracy[0] + 0.1
+    assert np.all(np.diff(hist.sim_time) > 0) and hist.sim_time[-1] == pytest.approx(10 * 40.0)
+    assert learner.unconverged == 0
+    d = hist.diagnostics
+    # the output layer learns along the gradient; hidden-layer quantities exist
+    assert np.all(d["cos_bp"][:, -1] > 0.5)
+    for name in ("recon_error", "q_distance"):
+        assert np.isfinite(d[name][:, 0]).all() and np.isnan(d[name][:, -1]).all()
+    assert np.isfinite(d["useful_signal"]).all() and np.isfinite(d["max_real_eig"]).all()
+    assert np.all(d["max_real_eig"] < 0)                      # stable free equilibria
+    bp = train(baseline, data, epochs=1, batch_size=32, eval_every=0.5, progress=False,
+               diagnostics_every=0)
+    assert bp.test_loss[0] == pytest.approx(hist.test_loss[0])   # same initial weights
+    assert bp.test_loss[-1] < 0.95 * bp.test_loss[0]
+
+
+def test_two_phase_resume_equals_uninterrupted(tmp_path, digits):
+    data = small_digits(digits, 96, 60)
+    kw = dict(batch_size=32, eval_every=1 / 3, diagnostics_every=2, progress=False)
+    full = dtp_learner(seed=2)
+    h_full = train(full, data, epochs=2, out_dir=tmp_path / "full", **kw)
+    crashing = CrashingLearner(dtp_learner(seed=2), after=4)
+    with pytest.raises(Crash):
+        train(crashing, data, epochs=2, out_dir=tmp_path / "cut", **kw)
+    resumed = dtp_learner(seed=2)
+    h_res = train(resumed, data, epochs=2, out_dir=tmp_path / "cut", resume=True, **kw)
+    assert_same_run(h_full, h_res, full.params, resumed.params)
+
+
+def test_mixture_exact_inverses_follow_gauss_newton():
+    """Mixture model with exact inverses and layer-compensated rates (thesis §6.4): for a small
+    nudge the weight change of every layer is the Gauss-Newton direction (6.12-6.17), and for
+    the output layer GN is the negative gradient."""
+    model = Mixture([4, 4, 4, 4], mu=0.1, feedback="exact", transfer="leaky_relu", slope=0.5,
+                    eta=0.01, compensate_decay=True, dtype=F64, seed=3)
+    learner = DendriticLearner(model, model.default_schedule(T=10.0), loss="mse",
+                               eta_hat=1e-3)
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(8, 4, generator=gen, dtype=F64)
+    y = torch.randn(8, 4, generator=gen, dtype=F64)
+    d = layer_diagnostics(learner, x, y)
+    np.testing.assert_allclose(d["cos_gn"], 1.0, atol=1e-3)
+    assert d["cos_bp"][-1] == pytest.approx(d["cos_gn"][-1], abs=1e-12)
+    assert d["cos_bp"][0] < 0.99                                # GN differs from backprop
+    np.testing.assert_allclose(d["recon_error"][:-1], 0.0, atol=1e-9)   # exact inverses
+    np.testing.assert_allclose(d["recon_deviation"], 0.0, atol=1e-9)
+    assert np.isnan(d["q_distance"]).all()
+    assert np.all(np.array(d["useful_signal"]) > 0)
+    assert d["max_real_eig"] < 0
