@@ -16,16 +16,15 @@ parameters it ends with. Two modes:
 
     1. equilibrate the activity at fixed weights with the phase's constant gates
        (:func:`~dendrite_sim.equilibrium.fixed_point`, warm-started from the previous phase's
-       end state). Variables whose rate is identically zero under these gates (a trace that
-       holds, ``trace = 0``) are *frozen*: they make the Jacobian singular, so the equilibrium
-       is solved on the subspace of the other variables with the frozen ones held (see
-       :class:`Frozen`);
-    2. slow variables (``model.slow_variables``, e.g. the two-phase trace ``z``) that are not
-       frozen relax toward their equilibrium value linearly; their trajectory over the phase is
-       taken in closed form, ``z(t) = z* + exp(J_zz t) (z0 - z*)`` with ``J_zz`` the Jacobian
-       block at the equilibrium (exact for a linear trace the fast activity does not depend on).
-       The phase's end state holds ``z(duration)``; the plasticity uses the phase average
-       ``z* + phi_1(J_zz D) (z0 - z*)``, ``phi_1(A) = int_0^1 exp(A s) ds``;
+       end state). The slow variables (``model.slow_variables``, e.g. the two-phase trace
+       ``z``), and any other variable whose rate is identically zero under these gates, are
+       held: the equilibrium is solved on the subspace of the activity (see :class:`Frozen`);
+    2. the slow variables relax componentwise and linearly toward the value the activity sets,
+       ``dv/dt = -k (v - v*)`` (``k = 0`` while a trace holds); their trajectory over the phase
+       is taken in closed form, ``v(t) = v* + exp(-k t) (v0 - v*)`` (exact for a linear trace
+       the activity does not depend on). The phase's end state holds ``v(duration)``; the
+       plasticity uses the phase average ``v* + phi_1(-k D) (v0 - v*)``,
+       ``phi_1(a) = (e^a - 1)/a``;
     3. advance the weights by one explicit Euler step over the phase,
        ``theta += duration * dtheta/dt`` at that state (the rates already carry the phase's
        plasticity gates). This ignores the activity's transient at the start of the phase
@@ -146,20 +145,19 @@ def _quasi_static(model, x, target, schedule, params, tol, max_iter):
     drive = model.drive(x, target)
     y = model.initial_state(drive, model.prepare(params))
     slow = tuple(v for v in getattr(model, "slow_variables", ()) if v in model.layout.variables)
+    others = [v for v in model.layout.variables if v != model.activity and v not in slow]
     states, nfev, converged, worst = {}, 0, True, 0.0
     t0 = 0.0
     for phase in schedule.phases:
         gates = _constant(phase.gates)
         drive = model.drive(x, target, gates)
         prepared = model.prepare(params)
-        frozen = frozen_variables(model, drive, prepared, y, t0)
-        view = Frozen(model, frozen, y) if frozen else model
+        held = slow + (frozen_variables(model, drive, prepared, y, t0) if others else ())
+        view = Frozen(model, held, y) if held else model
         solve = dict(x=x, target=target, gates=gates, tol=tol, max_iter=max_iter)
         y_star, eq = _equilibrate(view, y, params, solve)
         nfev, converged, worst = _tally(eq, phase, nfev, converged, worst)
-        relaxing = tuple(v for v in slow if v not in frozen)
-        _, y_mean = _relax_slow(model, drive, prepared, y, y_star, relaxing, t0,
-                                phase.duration)
+        _, y_mean = _relax_slow(model, drive, prepared, y_star, slow, t0, phase.duration)
         rates = model.plasticity(t0, y_mean, drive, prepared)
         changed = False
         for name in model.plastic_params:
@@ -173,9 +171,8 @@ def _quasi_static(model, x, target, schedule, params, tol, max_iter):
             prepared = model.prepare(params)
             y_star, eq = _equilibrate(view, y_star, params, solve)
             nfev, converged, worst = _tally(eq, phase, nfev, converged, worst)
-        y_end, _ = _relax_slow(model, drive, prepared, y, y_star, relaxing, t0, phase.duration)
-        states[phase.name] = y_end
-        y = y_end
+        y, _ = _relax_slow(model, drive, prepared, y_star, slow, t0, phase.duration)
+        states[phase.name] = y
         t0 += phase.duration
     return Presentation(params, states, nfev, schedule.duration, "quasi_static", converged,
                         worst)
@@ -199,34 +196,38 @@ def _tally(eq, phase, nfev, converged, worst):
             max(worst, float(eq.residual.max())))
 
 
-def _relax_slow(model, drive, prepared, y0, y_star, variables, t0, duration):
-    """End state and phase-average state with ``variables`` relaxing linearly to ``y_star``.
+def _relax_slow(model, drive, prepared, y, variables, t0, duration):
+    """End state and phase-average state of the slow ``variables`` over a phase of
+    ``duration``, the fast activity held at its equilibrium in ``y`` (whose slow blocks hold
+    their values at the start of the phase).
 
-    For each variable ``v``: ``v(t) = v* + exp(J t) (v0 - v*)`` with ``J`` the ``(B, n, n)``
-    Jacobian block ``d(dv/dt)/dv`` at ``y_star``. The average over ``[0, D]`` uses
-    ``phi_1(J D) = int_0^1 exp(J D s) ds``, read off the exponential of the augmented matrix
-    ``[[J D, I], [0, 0]]`` (valid for singular ``J``).
+    A slow variable relaxes componentwise and linearly toward a value set by the activity,
+    ``dv/dt = -k (v - v*)`` with a rate ``k >= 0`` per component (zero while it holds); the
+    activity does not depend on it. So ``k = F_v(v) - F_v(v + 1)`` from two field evaluations,
+    ``v* = v + F_v(v) / k`` (``v`` where ``k = 0``), and over the phase::
+
+        v(D) = v* + exp(-k D) (v - v*),     mean_[0,D] v = v* + phi_1(-k D) (v - v*)
+
+    with ``phi_1(a) = (e^a - 1) / a`` (``phi_1(0) = 1``).
     """
     if not variables:
-        return y_star, y_star
-    y_end, y_mean = y_star.clone(), y_star.clone()
+        return y, y
+    y_end, y_mean = y.clone(), y.clone()
+    shifted = y.clone()
+    for v in variables:
+        shifted[:, model.layout.variable_slice(v)] += 1.0
+    with torch.no_grad():
+        rate_now = model.field(t0, y, drive, prepared)
+        k = rate_now - model.field(t0, shifted, drive, prepared)
     for v in variables:
         sl = model.layout.variable_slice(v)
-
-        def block_field(u, sl=sl):
-            full = torch.cat([y_star[:, :sl.start], u, y_star[:, sl.stop:]], dim=-1)
-            return model.field(t0, full, drive, prepared)[:, sl].sum(0)
-
-        with torch.enable_grad():
-            J = torch.func.jacrev(block_field)(y_star[:, sl].detach()).permute(1, 0, 2)
-        B, n = J.shape[0], J.shape[-1]
-        aug = J.new_zeros(B, 2 * n, 2 * n)
-        aug[:, :n, :n] = J * duration
-        aug[:, :n, n:] = torch.eye(n, dtype=J.dtype, device=J.device)
-        expo = torch.linalg.matrix_exp(aug)
-        gap = (y0[:, sl] - y_star[:, sl])[:, :, None]
-        y_end[:, sl] = y_star[:, sl] + (expo[:, :n, :n] @ gap)[:, :, 0]
-        y_mean[:, sl] = y_star[:, sl] + (expo[:, :n, n:] @ gap)[:, :, 0]
+        moving = k[:, sl] > 0
+        rate = torch.where(moving, k[:, sl], torch.ones_like(k[:, sl]))
+        gap = torch.where(moving, rate_now[:, sl] / rate, torch.zeros_like(rate))  # v* - v
+        kd = rate * duration
+        y_end[:, sl] = y[:, sl] + gap - torch.exp(-kd) * gap            # v* + e^{-kD}(v - v*)
+        phi = torch.where(moving, -torch.expm1(-kd) / kd, torch.ones_like(kd))
+        y_mean[:, sl] = y[:, sl] + gap - phi * gap
     return y_end, y_mean
 
 
