@@ -80,7 +80,7 @@ class Presentation:
 def present(model: NetworkModel, x, target, schedule: Schedule, mode: str = "quasi_static",
             params=None, *, method: str = "dopri5", rtol: float = 1e-6, atol: float = 1e-8,
             max_abs: float = 1e6, step_size=None, tol=None, max_iter: int = 50,
-            require_plastic=("W",)) -> Presentation:
+            require_plastic=("W",), end_state: bool = True) -> Presentation:
     """Show the batch ``x`` with teaching ``target`` for ``schedule``; return the new weights.
 
     Parameters
@@ -95,6 +95,9 @@ def present(model: NetworkModel, x, target, schedule: Schedule, mode: str = "qua
     tol, max_iter : equilibrium settings of :func:`fixed_point` (quasi-static mode).
     require_plastic : parameter groups the schedule must make plastic somewhere when the
         model learns them (``ValueError`` otherwise); ``()`` allows e.g. a sleep-only schedule.
+    end_state : quasi-static mode: also solve the equilibrium at the weights the last phase
+        ends with. ``False`` skips that solve when only the new weights are wanted (training);
+        ``phase_states`` then leaves out the last phase.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
@@ -115,7 +118,7 @@ def present(model: NetworkModel, x, target, schedule: Schedule, mode: str = "qua
     if mode == "coupled":
         return _coupled(model, x, target, schedule, params, method, rtol, atol, max_abs,
                         step_size)
-    return _quasi_static(model, x, target, schedule, params, tol, max_iter)
+    return _quasi_static(model, x, target, schedule, params, tol, max_iter, end_state)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -140,7 +143,7 @@ def _constant(gates: dict):
     return lambda t: gates
 
 
-def _quasi_static(model, x, target, schedule, params, tol, max_iter):
+def _quasi_static(model, x, target, schedule, params, tol, max_iter, end_state):
     params = _copy_params(params)
     drive = model.drive(x, target)
     y = model.initial_state(drive, model.prepare(params))
@@ -148,7 +151,7 @@ def _quasi_static(model, x, target, schedule, params, tol, max_iter):
     others = [v for v in model.layout.variables if v != model.activity and v not in slow]
     states, nfev, converged, worst = {}, 0, True, 0.0
     t0 = 0.0
-    for phase in schedule.phases:
+    for k, phase in enumerate(schedule.phases):
         gates = _constant(phase.gates)
         drive = model.drive(x, target, gates)
         prepared = model.prepare(params)
@@ -167,6 +170,8 @@ def _quasi_static(model, x, target, schedule, params, tol, max_iter):
                    for p, r in zip(params[name], rates[name])]
             changed |= any(r is not None and bool((r != 0).any()) for r in rates[name])
             params[name] = new
+        if k == len(schedule.phases) - 1 and not end_state:
+            break
         if changed:  # the phase ends at the equilibrium of the weights it ends with
             prepared = model.prepare(params)
             y_star, eq = _equilibrate(view, y_star, params, solve)

@@ -387,8 +387,9 @@ class DendriticLearner(_Learner):
 
     def propose(self, x, y):
         from .learning import present
+        kwargs = {"end_state": False, **self.present_kwargs}   # only the weights are kept
         pres = present(self.model, x, self.teaching(y), self.schedule, mode=self.mode,
-                       params=self.model.params, **self.present_kwargs)
+                       params=self.model.params, **kwargs)
         new = {n: [None if p is None else p.detach() for p in pres.params[n]]
                for n in self.model.params}
         converged = bool(getattr(pres, "converged", True))

@@ -223,6 +223,20 @@ def test_quasi_static_trace_relaxes_in_closed_form():
         torch.testing.assert_close(zc, z, rtol=0, atol=2e-3)   # measured 4e-4
 
 
+def test_quasi_static_end_state_false_skips_only_the_last_solve():
+    model = TwoPhaseDTP([3, 4, 4, 2], mu=0.1, dtype=F64, seed=2, eta=0.01, eta_inv=0.01)
+    x, y = batch(3, 3, 3), batch(3, 2, 4)
+    sched = Schedule.two_phase(8.0, 6.0)
+    full = present(model, x, Nudge(y, "mse", 0.5), sched)
+    lean = present(model, x, Nudge(y, "mse", 0.5), sched, end_state=False)
+    assert set(lean.phase_states) == {"free"} and lean.nfev < full.nfev
+    torch.testing.assert_close(lean.phase_states["free"], full.phase_states["free"], rtol=0,
+                               atol=0)
+    for name in ("W", "b", "Q"):
+        for p, q in zip(lean.params[name], full.params[name]):
+            assert (p is None and q is None) or torch.equal(p, q)
+
+
 # ----------------------------------------------------------------------------------------------
 # (a) quasi-static vs coupled
 # ----------------------------------------------------------------------------------------------
