@@ -14,6 +14,7 @@ Sign convention used for (6.36) (from (6.31), (6.33), ``e_L = dLoss/dh_L``)::
 and for the mixture (6.16)/(6.22): ``h*_i - f_i(h*_{i-1}) ~ -eta_hat (...) [prod J_g] e_L``.
 """
 import numpy as np
+import scipy.linalg
 import pytest
 import torch
 
@@ -379,3 +380,44 @@ def test_present_validation():
     sleep = Schedule([Phase("sleep", 1.0, plastic=("Q",))])
     r = present(model, x, None, sleep, require_plastic=())
     assert all(torch.equal(a, b) for a, b in zip(r.params["W"], model.params["W"]))
+
+
+# ----------------------------------------------------------------------------------------------
+# the coupled learning phase is a positive feedback (a finding, docs/derivations.md)
+# ----------------------------------------------------------------------------------------------
+def test_coupled_learning_phase_grows_exponentially():
+    """While the trace holds ``z = h^f``, (6.35) moves ``W`` and the learning-phase equilibrium
+    moves with it, away from ``z``: for one linear layer with an MSE nudge and fast neurons,
+    ``delta = h - z`` obeys ``d delta/dt = A delta`` with the (B, B) matrix
+    ``A = c eta X X^T / B``, ``c = (1-mu)/(1-mu+mu eta_hat)``. So the coupled weight change is
+    ``Delta W = eta/B [T phi_1(A T) delta_0]^T X``, larger than the quasi-static
+    ``eta/B T delta_0^T X`` by up to ``(e^{rT}-1)/(rT)``, ``r`` the largest eigenvalue of ``A``
+    -- here 2.5x -- and it diverges for large ``eta ||x||^2 T`` (why the digits training rates
+    make coupled dopri5 fail in bench_training)."""
+    mu, eta_hat, eta, T = 0.2, 0.5, 2.0, 1.0
+    kw = dict(mu=mu, transfer="identity", eta=eta, eta_inv=0.0, dtype=F64, seed=3)
+    x, y = batch(3, 4, 11, scale=0.6), batch(3, 2, 12)
+    sched = Schedule.two_phase(0.5, T)
+    fast = TwoPhaseDTP([4, 2], tau=1e-3, trace_tau=1e-2, **kw)
+    W0 = fast.W[0]
+    coupled = present(fast, x, Nudge(y, "mse", eta_hat), sched, mode="coupled", rtol=1e-9,
+                      atol=1e-12)
+    quasi = present(fast, x, Nudge(y, "mse", eta_hat), sched)
+    X = x.numpy()
+    c = (1 - mu) / (1 - mu + mu * eta_hat)
+    z = X @ W0.numpy().T                                          # free equilibrium: f(x)
+    h = ((1 - mu) * z + mu * eta_hat * y.numpy()) / (1 - mu + mu * eta_hat)
+    delta0, B = h - z, X.shape[0]
+    A = c * eta * X @ X.T / B
+    aug = np.zeros((2 * B, 2 * B))
+    aug[:B, :B], aug[:B, B:] = A * T, np.eye(B)
+    integral = T * scipy.linalg.expm(aug)[:B, B:]                 # int_0^T exp(A t) dt
+    expected = eta / B * (integral @ delta0).T @ X
+    linear = eta / B * T * delta0.T @ X
+    dW_coupled = (coupled.params["W"][0] - W0).numpy()
+    dW_quasi = (quasi.params["W"][0] - W0).numpy()
+    np.testing.assert_allclose(dW_quasi, linear, rtol=1e-8)
+    gap = np.linalg.norm(dW_coupled - expected) / np.linalg.norm(expected)
+    ratio = np.linalg.norm(dW_coupled) / np.linalg.norm(dW_quasi)
+    assert gap < 0.01        # measured 6.2e-3 at tau = 1e-3, 1.9e-3 at 3e-4: the neurons' lag
+    assert ratio > 1.5
