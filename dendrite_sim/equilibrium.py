@@ -260,8 +260,8 @@ def _solve(residual, y, F, tol, max_iter, plan, step):
 
 
 def fixed_point(model: NetworkModel, x, target=None, *, y0=None, tol=None, max_iter=50,
-                method="auto", dense_limit=None, settle_time=None, params=None,
-                gates=None) -> Equilibrium:
+                method="auto", dense_limit=None, settle_time=None, settle_steps=2000,
+                params=None, gates=None) -> Equilibrium:
     """Batched equilibrium of ``model`` for input ``x`` and teaching ``target``.
 
     Parameters
@@ -277,11 +277,15 @@ def fixed_point(model: NetworkModel, x, target=None, *, y0=None, tol=None, max_i
         costs about ``N`` field evaluations, in one vectorised pass, and Newton then converges
         quadratically, far below ``tol``; an Anderson iteration costs one evaluation).
     settle_time : integration horizon of the fallback; default ``200 * model time scale``.
+    settle_steps : most dopri5 steps per stretch of the fallback, >= 1 (in four stretches).
+        A stiff or runaway system (e.g. weights that diverged in training) stops there and
+        its examples are reported unconverged, instead of integrating for hours.
     gates : constant gates ``t -> dict`` (e.g. a phase's), as in :func:`simulate`.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}; got {method!r}")
     max_iter = int(check_range("max_iter", max_iter, low=1))
+    settle_steps = int(check_range("settle_steps", settle_steps, low=1))
     dense_limit = 64 if dense_limit is None else int(check_range("dense_limit", dense_limit,
                                                                   low=1))
     drive = model.drive(x, target, gates)
@@ -303,7 +307,7 @@ def fixed_point(model: NetworkModel, x, target=None, *, y0=None, tol=None, max_i
         if used_fallback:
             y, res, more, ran_more = _settle_and_polish(model, drive, params, residual, y, res,
                                                         tol, max_iter, plan, step,
-                                                        float(horizon))
+                                                        float(horizon), settle_steps)
             iterations += more
             ran += [name for name in ran_more if name not in ran]
     label = "+".join(ran or plan[:1] or ("integrate",))
@@ -312,7 +316,7 @@ def fixed_point(model: NetworkModel, x, target=None, *, y0=None, tol=None, max_i
 
 
 def _settle_and_polish(model, drive, params, residual, y, res, tol, max_iter, plan, step,
-                       horizon, rounds=4):
+                       horizon, max_steps, rounds=4):
     """Integrate the unconverged examples toward steady state in ``rounds`` stretches of
     ``horizon / rounds``, polishing with the solvers of ``plan`` after each stretch.
 
@@ -328,8 +332,9 @@ def _settle_and_polish(model, drive, params, residual, y, res, tol, max_iter, pl
         t = torch.tensor([0.0, horizon / rounds], dtype=model.dtype, device=model.device)
         try:
             ys, _, nfev = integrate_drive(model, drive.subset(todo), t, y[todo], params,
-                                          rtol=1e-7, atol=1e-9)
-        except NumericalError:  # a diverging example: report what was reached
+                                          rtol=1e-7, atol=1e-9,
+                                          options={"max_num_steps": max_steps})
+        except NumericalError:  # diverging, or out of steps: report what was reached
             break
         residual.count(nfev)
         sub = residual.subset(todo)

@@ -74,7 +74,7 @@ import numpy as np
 import torch
 
 from .files import atomic_write
-from .errors import check_range
+from .errors import NumericalError, check_range
 from .teaching import LOSSES, Nudge, loss_gradient, loss_value
 
 __all__ = ["DendriticLearner", "BackpropLearner", "History", "train", "plot_history",
@@ -205,6 +205,14 @@ def _cosine(u: torch.Tensor, v: torch.Tensor) -> float:
     return float((u * v).sum()) / (nu * nv)
 
 
+def _check_finite_params(params: dict):
+    for name, values in params.items():
+        for i, p in enumerate(values, start=1):
+            if p is not None and not bool(torch.isfinite(p).all()):
+                raise NumericalError(f"training diverged: {name}_{i} is not finite after this "
+                                     "update (not applied); lower the learning rates")
+
+
 def _difference(new: dict, old: dict) -> dict:
     return {n: [None if a is None else (a - b) for a, b in zip(new[n], old[n])]
             for n in FORWARD_NAMES}
@@ -250,9 +258,14 @@ class _Learner:
 
     def step(self, x, y) -> dict:
         """One update on the mini-batch ``(x, y)``; returns ``info`` with ``sim_time``,
-        ``nfev`` and ``dW_norm`` (per layer ``||Delta (W_i, b_i)||``)."""
+        ``nfev`` and ``dW_norm`` (per layer ``||Delta (W_i, b_i)||``).
+
+        An update that leaves a parameter non-finite is not applied: ``NumericalError`` (the
+        learning rates are too large for this network and data).
+        """
         old = _forward_params(self.params)
         new, info = self.propose(x, y)
+        _check_finite_params(new)
         self.commit(new)
         delta = _layer_vectors(_difference(new, old), len(self.sizes) - 1)
         info["dW_norm"] = [float(v.norm()) for v in delta]

@@ -23,3 +23,19 @@ def test_solvers_agree_above_dense_limit(method):
     # the equilibrium moved away from the forward pass, so the check is not trivial
     assert (reference - model.initial_state(model.drive(x, target), model.params)).abs().max() > 1e-3
     torch.testing.assert_close(eq.y, reference, rtol=0, atol=1e-8)
+
+
+def test_fallback_integration_stops_at_settle_steps():
+    """The integrate-and-polish fallback is bounded: out of steps, it reports the examples
+    unconverged (a stiff, diverged network would otherwise integrate for hours)."""
+    model = Mixture([24] * 4, mu=0.2, transfer="tanh", feedback="learned", dtype=F64, seed=3)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 24, dtype=F64, generator=gen)
+    target = ds.Nudge(torch.randint(0, 24, (4,), generator=gen), "cross_entropy", 0.2)
+    eq = ds.fixed_point(model, x, target, method="integrate", tol=1e-6, settle_steps=3)
+    assert eq.used_fallback and not bool(eq.converged.any())
+    assert torch.isfinite(eq.y).all() and float(eq.residual.min()) > eq.tol
+    done = ds.fixed_point(model, x, target, method="integrate", tol=1e-6)   # enough steps
+    assert bool(done.converged.all())
+    with pytest.raises(ValueError, match="settle_steps"):
+        ds.fixed_point(model, x, None, settle_steps=0)

@@ -465,3 +465,16 @@ def test_mixture_exact_inverses_follow_gauss_newton():
     assert np.isnan(d["q_distance"]).all()
     assert np.all(np.array(d["useful_signal"]) > 0)
     assert d["max_real_eig"] < 0
+
+
+def test_diverging_update_raises_and_is_not_applied(digits):
+    data = small_digits(digits, 64, 32)
+    learner = bp_learner(lr=1e300)
+    x, y, _, _ = data.tensors(dtype=torch.float32)
+    before = [w.clone() for w in learner.params["W"]]
+    with pytest.raises(ds.NumericalError, match="diverged"):
+        for _ in range(5):
+            learner.step(x[:32], y[:32])
+            before = [w.clone() for w in learner.params["W"]]
+    for w, b in zip(learner.params["W"], before):
+        assert torch.isfinite(w).all() and torch.equal(w, b)
