@@ -65,7 +65,7 @@ def parse(argv=None):
                    help="seeds for digits and teacher-student (default 3; --quick 1)")
     p.add_argument("--seeds-mnist1d", type=int, default=None,
                    help="seeds for MNIST-1D (default 1: an epoch is 125 presentations)")
-    p.add_argument("--hidden", type=int, default=64, help="h of 64-h-h-10 / 40-h-h-10")
+    p.add_argument("--hidden", type=int, default=128, help="h of 64-h-h-10 / 40-h-h-10")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--epochs-digits", type=int, default=None)
     p.add_argument("--epochs-mnist1d", type=int, default=None)
@@ -73,15 +73,19 @@ def parse(argv=None):
     # two-phase DTP
     p.add_argument("--mu", type=float, default=0.1)
     p.add_argument("--slope", type=float, default=0.3, help="leaky-ReLU negative slope")
-    p.add_argument("--eta", type=float, nargs=3, default=[0.004, 0.06, 0.5],
+    p.add_argument("--eta", type=float, nargs=3, default=[0.004, 0.12, 0.25],
                    metavar=("ETA_1", "ETA_2", "ETA_3"),
                    help="per-layer forward rates of (6.35), before the decay compensation "
                         "((1-mu)/mu)^(L+1-i)")
-    p.add_argument("--eta-inv", type=float, default=0.002, help="feedback rate of (6.37)")
+    p.add_argument("--eta-inv", type=float, default=0.0005,
+                   help="feedback rate of (6.37); 0.002 lets Q_L-1 run away once the logits "
+                        "grow (digits, ~20 epochs)")
     p.add_argument("--eta-hat", type=float, default=0.1, help="output nudge step (6.10)")
     p.add_argument("--T-free", type=float, default=20.0)
     p.add_argument("--T-learn", type=float, default=20.0)
-    p.add_argument("--bp-lr", type=float, default=0.2, help="backprop learning rate")
+    p.add_argument("--bp-lr", type=float, default=0.4,
+                   help="backprop learning rate (digits 64-128-128-10: 0.4 best of 0.1-0.5; "
+                        "0.5 diverges on seed 2)")
     # teacher-student mixture
     # Teacher-student: the student has the teacher's architecture (6-6-6, leaky_relu 0.35 /
     # identity, no biases), so the teacher is realisable. With an
@@ -114,7 +118,7 @@ def parse(argv=None):
     a = p.parse_args(argv)
     quick = a.quick
     a.seeds = a.seeds or (1 if quick else 3)
-    a.epochs_digits = a.epochs_digits or (2 if quick else 20)
+    a.epochs_digits = a.epochs_digits or (2 if quick else 30)
     a.epochs_mnist1d = a.epochs_mnist1d or (1 if quick else 20)
     a.epochs_ts = a.epochs_ts or (2 if quick else 100)
     a.seeds_mnist1d = a.seeds_mnist1d or 1
