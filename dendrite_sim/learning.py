@@ -155,21 +155,16 @@ def _quasi_static(model, x, target, schedule, params, tol, max_iter, end_state):
         gates = _constant(phase.gates)
         drive = model.drive(x, target, gates)
         prepared = model.prepare(params)
-        held = slow + (frozen_variables(model, drive, prepared, y, t0) if others else ())
+        held = slow + tuple(v for v in (frozen_variables(model, drive, prepared, y, t0)
+                                        if others else ()) if v not in slow)
         view = Frozen(model, held, y) if held else model
         solve = dict(x=x, target=target, gates=gates, tol=tol, max_iter=max_iter)
         y_star, eq = _equilibrate(view, y, params, solve)
         nfev, converged, worst = _tally(eq, phase, nfev, converged, worst)
         _, y_mean = _relax_slow(model, drive, prepared, y_star, slow, t0, phase.duration)
-        rates = model.plasticity(t0, y_mean, drive, prepared)
-        changed = False
-        for name in model.plastic_params:
-            if name not in params or name not in rates:
-                continue
-            new = [p if p is None or r is None else p + phase.duration * r
-                   for p, r in zip(params[name], rates[name])]
-            changed |= any(r is not None and bool((r != 0).any()) for r in rates[name])
-            params[name] = new
+        params, changed = _euler_step(model, params,
+                                      model.plasticity(t0, y_mean, drive, prepared),
+                                      phase.duration)
         if k == len(schedule.phases) - 1 and not end_state:
             break
         if changed:  # the phase ends at the equilibrium of the weights it ends with
@@ -181,6 +176,19 @@ def _quasi_static(model, x, target, schedule, params, tol, max_iter, end_state):
         t0 += phase.duration
     return Presentation(params, states, nfev, schedule.duration, "quasi_static", converged,
                         worst)
+
+
+def _euler_step(model, params, rates, duration):
+    """``theta + duration * dtheta/dt`` for the plastic groups; also whether any rate is
+    non-zero (new lists, the input untouched)."""
+    params, changed = dict(params), False
+    for name in model.plastic_params:
+        if name not in params or name not in rates:
+            continue
+        params[name] = [p if p is None or r is None else p + duration * r
+                        for p, r in zip(params[name], rates[name])]
+        changed |= any(r is not None and bool((r != 0).any()) for r in rates[name])
+    return params, changed
 
 
 def _equilibrate(view, y, params, solve):
@@ -285,8 +293,9 @@ class Frozen(NetworkModel):
     """View of ``model`` whose state leaves out the ``frozen`` variables, held at their values
     in ``y_hold`` ``(B, N)``; everything else (field, parameters, activity) is the model's.
 
-    ``restrict`` maps a full state to the view's, ``embed`` back. Used to solve equilibria
-    when some variables have identically zero rates (their Jacobian rows vanish).
+    ``restrict`` maps a full state to the view's, ``embed`` back. Used to solve equilibria on
+    the activity while the slow variables relax apart (in closed form), and while variables
+    with identically zero rates hold (their Jacobian rows vanish).
     """
 
     def __init__(self, model: NetworkModel, frozen, y_hold: torch.Tensor):

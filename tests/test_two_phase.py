@@ -238,6 +238,26 @@ def test_quasi_static_end_state_false_skips_only_the_last_solve():
             assert (p is None and q is None) or torch.equal(p, q)
 
 
+class TraceNotSlow(TwoPhaseDTP):
+    """The same network without the slow-variable declaration: quasi-static presentations
+    then solve ``z`` jointly with ``h`` in the free phase and hold it (zero rate) after."""
+
+    slow_variables = ()
+
+
+def test_quasi_static_slow_and_joint_trace_paths_agree():
+    kw = dict(mu=0.1, dtype=F64, seed=2, eta=0.01, eta_inv=0.01)
+    x, y = batch(3, 3, 3), batch(3, 2, 4)
+    sched = Schedule.two_phase(20.0, 6.0)           # e^-20: the relaxed trace reaches h^f
+    runs = [present(cls([3, 4, 4, 2], **kw), x, Nudge(y, "mse", 0.5), sched)
+            for cls in (TwoPhaseDTP, TraceNotSlow)]
+    for name in ("W", "Q"):
+        for p, q in zip(runs[0].params[name], runs[1].params[name]):
+            torch.testing.assert_close(p, q, rtol=0, atol=1e-9)
+    torch.testing.assert_close(runs[0].phase_states["learn"], runs[1].phase_states["learn"],
+                               rtol=0, atol=1e-8)
+
+
 # ----------------------------------------------------------------------------------------------
 # (a) quasi-static vs coupled
 # ----------------------------------------------------------------------------------------------
