@@ -458,6 +458,21 @@ def _validate_phases(phases) -> list:
     return out
 
 
+
+def _resolve(section: str, values: dict, schema: dict, owner: str) -> dict:
+    """Type-check the keys of ``[section]`` given in ``values`` against ``schema`` (key ->
+    ``(types, default, required)``); fill in defaults; a missing required key is an error."""
+    resolved = {}
+    for key, (specs, default, required) in schema.items():
+        if key in values:
+            check_type(f"{section}.{key}", values[key], specs)
+            resolved[key] = values[key]
+        elif required:
+            raise ConfigError(f"{section}.{key} is required {owner}")
+        elif default is not None:
+            resolved[key] = default
+    return resolved
+
 def validate_config(raw: dict) -> dict:
     """Check ``raw`` against the schemas; return the resolved configuration with every
     default filled in (TOML-representable; unset optional keys are left out)."""
@@ -477,16 +492,8 @@ def validate_config(raw: dict) -> dict:
     cls = model_class(model["name"])
     schema = _model_schema(cls)
     _check_keys("model", model, {"name": None, **schema})
-    resolved = {"name": canonical_name(cls)}
-    for key, (specs, default, required) in schema.items():
-        if key in model:
-            check_type(f"model.{key}", model[key], specs)
-            resolved[key] = model[key]
-        elif required:
-            raise ConfigError(f"model.{key} is required for {cls.__name__}")
-        elif default is not None:
-            resolved[key] = default
-    out["model"] = resolved
+    out["model"] = {"name": canonical_name(cls),
+                    **_resolve("model", model, schema, f"for {cls.__name__}")}
     # -- data
     data = dict(raw.get("data", {}))
     if not isinstance(data, dict):
@@ -494,16 +501,8 @@ def validate_config(raw: dict) -> dict:
     dname = data.get("name", "digits")
     schema = _data_schema(dname)
     _check_keys("data", {k: v for k, v in data.items() if k != "name"}, schema)
-    resolved = {"name": dname}
-    for key, (specs, default, required) in schema.items():
-        if key in data:
-            check_type(f"data.{key}", data[key], specs)
-            resolved[key] = data[key]
-        elif required:
-            raise ConfigError(f"data.{key} is required for data set {dname!r}")
-        elif default is not None:
-            resolved[key] = default
-    out["data"] = resolved
+    out["data"] = {"name": dname,
+                   **_resolve("data", data, schema, f"for data set {dname!r}")}
     # -- schedule
     sched = dict(raw.get("schedule", {}))
     schema = _schedule_schema(cls)
