@@ -184,16 +184,19 @@ def plot_learning_curves(history: dict, x=None, fig=None) -> Figure:
 
 
 def plot_layer_diagnostics(diagnostics: dict, steps=None, fig=None) -> Figure:
-    """One panel per diagnostic ``name -> (steps, L)`` array, one line per layer."""
+    """One panel per diagnostic: a ``(steps, L)`` array gets one line per layer (layers with
+    no finite value are left out), a ``(steps,)`` array one unlabelled line."""
     fig, axes = _panels(len(diagnostics), fig)
     for ax, (name, values) in zip(axes, diagnostics.items()):
         values = _np(values)
-        values = values[:, None] if values.ndim == 1 else values
         s = np.arange(len(values)) if steps is None else _np(steps)
-        for layer in range(values.shape[1]):
-            ax.plot(s, values[:, layer], label=f"layer {layer + 1}")
+        if values.ndim == 1:
+            ax.plot(s, values)
+        else:
+            for layer in np.flatnonzero(np.isfinite(values).any(axis=0)):
+                ax.plot(s, values[:, layer], label=f"layer {layer + 1}")
+            ax.legend(fontsize="small")
         ax.set_ylabel(name)
-        ax.legend(fontsize="small")
     axes[-1].set_xlabel("step")
     return fig
 

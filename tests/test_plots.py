@@ -117,11 +117,14 @@ def test_plot_learning_curves(tmp_path):
 
 def test_plot_layer_diagnostics(tmp_path):
     rng = np.random.default_rng(0)
-    diagnostics = {"|dW|": rng.random((20, 3)), "cos(dW, grad)": torch.rand(20, 3),
-                   "max Re λ": -rng.random(20)}
+    recon = rng.random((20, 3))
+    recon[:, -1] = np.nan                      # no feedback map into the output layer
+    diagnostics = {"|dW|": torch.rand(20, 3), "recon": recon, "max Re λ": -rng.random(20)}
     fig = plots.plot_layer_diagnostics(diagnostics, steps=np.arange(20) * 10)
     assert len(fig.axes) == 3
-    assert [len(ax.lines) for ax in fig.axes] == [3, 3, 1]
+    assert [len(ax.lines) for ax in fig.axes] == [3, 2, 1]
+    assert [t.get_text() for t in fig.axes[1].get_legend().get_texts()] == ["layer 1", "layer 2"]
+    assert fig.axes[2].get_legend() is None
     assert_png(fig, tmp_path / "diag.png")
     with pytest.raises(ValueError, match="at least one panel"):
         plots.plot_layer_diagnostics({})
