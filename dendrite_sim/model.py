@@ -109,7 +109,8 @@ class NetworkModel:
         raise NotImplementedError(f"{type(self).__name__} has no plasticity rules")
 
     def initial_state(self, drive: Drive, prepared) -> torch.Tensor:
-        """Default initial state: the forward pass for the activity, zeros elsewhere."""
+        """The state a presentation starts from, ``(B, N)`` (the mixing models: the forward
+        pass for the activity, traces equal to it)."""
         raise NotImplementedError
 
     # -- shared -----------------------------------------------------------------------------
