@@ -85,8 +85,7 @@ class MixingNetwork(NetworkModel):
     def somatic_rates(self, t, h, drive, P):
         """``dh_i/dt = (-h_i + (1-mu) f_i(h_{i-1}) + mu g_i(h_{i+1})) / tau``  (6.1)."""
         f, g = self.basal(h, P), self.apical(t, h, drive, P)
-        mu = self.mu
-        return [(-hi + (1 - mu) * fi + mu * gi) / self.tau for hi, fi, gi in zip(h[1:], f, g)]
+        return [(torch.lerp(fi, gi, self.mu) - hi) / self.tau for hi, fi, gi in zip(h[1:], f, g)]
 
     def forward_pass(self, x, P):
         """``[f_1(x), f_2(f_1(x)), ...]`` — the free equilibrium with exact inverses (§6.4)."""

@@ -85,9 +85,8 @@ class Pathways:
     # -- maps -------------------------------------------------------------------------------
     def preactivation(self, i: int, h_prev, P):
         """``a_i = W_i h_{i-1} + b_i`` for a batch ``(B, n_{i-1})``."""
-        a = h_prev @ P["W"][i - 1].T
-        b = P["b"][i - 1]
-        return a if b is None else a + b
+        W, b = P["W"][i - 1], P["b"][i - 1]
+        return h_prev @ W.T if b is None else torch.addmm(b, h_prev, W.T)
 
     def forward(self, i: int, h_prev, P):
         """``f_i(h_{i-1}) = s_i(a_i)`` (6.2)."""

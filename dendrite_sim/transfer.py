@@ -76,13 +76,13 @@ class LeakyReLU(Transfer):
         self.slope = float(slope)
 
     def __call__(self, a):
-        return torch.where(a >= 0, a, self.slope * a)
+        return torch.nn.functional.leaky_relu(a, self.slope)
 
     def derivative(self, a):
         return torch.where(a >= 0, torch.ones_like(a), torch.full_like(a, self.slope))
 
     def inverse_unchecked(self, y):
-        return torch.where(y >= 0, y, y / self.slope)
+        return torch.nn.functional.leaky_relu(y, 1.0 / self.slope)
 
     def __repr__(self):
         return f"LeakyReLU(slope={self.slope})"

@@ -239,7 +239,11 @@ def test_mu_sweep_with_large_gain_loses_stability(x):
 # failure reporting and validation
 # ----------------------------------------------------------------------------------------------
 def test_nonconvergence_is_reported_not_hidden(x):
-    cont = continuation(make(), x, "mu", [0.1, 0.2], tol=1e-300, max_iter=2, settle_time=1.0)
+    # one Anderson step from a clamped state (not the forward pass, where the residual can be
+    # exactly 0.0, nor dense Newton, which can land on it): 1e-300 is out of reach
+    clamp = torch.full((x.shape[0], SIZES[-1]), 0.5, dtype=F64)
+    cont = continuation(make("tanh"), x, "mu", [0.1, 0.2], clamp, tol=1e-300, max_iter=1,
+                        method="anderson", settle_time=1.0)
     assert not cont.converged.any() and not cont.stable.any()
     assert (cont.max_real < 0).all()                    # the spectrum is still reported
     assert torch.all(cont.first_unconverged == 0.1)
