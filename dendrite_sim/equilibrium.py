@@ -86,6 +86,11 @@ class _Residual:
         self.count(1)
         return self.model.field(0.0, y, self.drive, self.prepared)
 
+    def relax(self, y, step):
+        """One application of the model's relaxation map (as costly as a field evaluation)."""
+        self.count(1)
+        return self.model.relaxation(0.0, y, self.drive, self.prepared, step)
+
     def subset(self, index) -> "_Residual":
         return _Residual(self.model, self.drive.subset(index), self.prepared, self._tally)
 
@@ -103,44 +108,64 @@ def _norm(v):
     return v.abs().amax(-1)
 
 
-def _anderson(residual, y, F, tol, max_iter, step, memory=10, patience=5):
-    """Anderson acceleration (type II) of ``y <- G(y) = y + step F(y)`` on the examples above
-    ``tol``.
+def _anderson(residual, y, F, tol, max_iter, step, memory=5, patience=5):
+    """Anderson acceleration (type II) of the model's relaxation map ``G`` on the examples
+    above ``tol`` (:meth:`~dendrite_sim.model.NetworkModel.relaxation`: by default the Picard
+    map ``y + step F(y)``; the mixing models sweep their layers, nonlinear Gauss-Seidel).
 
-    The last ``memory`` differences of ``f = step F`` and of ``G`` are kept in ring buffers
-    ``(B, memory, N)``; each iteration mixes them, ``gamma`` solving the small least-squares
-    problem ``min ||f_k - dF gamma||`` per example (``torch.linalg.lstsq``: rank-revealing on
-    CPU, so a degenerate history is harmless; elsewhere it gives a non-finite step). An
-    example stops when it converges, turns non-finite, or finds no new best residual in
-    ``patience`` iterations; each example returns its best iterate.
+    The last ``memory`` differences of the map residual ``r = G(y) - y`` and of ``G`` are kept
+    in ring buffers ``(B, memory, N)``; each iteration mixes them with the coefficients of
+    :func:`_mixing_coefficients`. An example stops when ``max |r| / step <= tol`` (in the units
+    of ``F``; equal to ``max |F|`` for the Picard map), turns non-finite, or finds no new best
+    in ``patience`` iterations; each example returns its best iterate, where the true residual
+    ``F`` is evaluated once at the end (one more field evaluation).
     Returns ``(y, F, iterations)``.
     """
-    y, F, best = y.clone(), F.clone(), _norm(F)
-    idx = ((best > tol) & torch.isfinite(best)).nonzero().flatten()
-    sub, ya, fa = residual.subset(idx), y[idx], step * F[idx]
-    best, since_best = best[idx], torch.zeros_like(idx)
+    y, F = y.clone(), F.clone()
+    touched = ((_norm(F) > tol) & torch.isfinite(_norm(F))).nonzero().flatten()
+    idx, sub, ya = touched, residual.subset(touched), y[touched]
+    ga = sub.relax(ya, step)
+    fa = ga - ya
+    best, since_best, y_best = _norm(fa), torch.zeros_like(touched), ya
     d_f = ya.new_empty(idx.numel(), memory, ya.shape[-1])   # only filled slots are read
     d_g = torch.empty_like(d_f)
-    iterations = 0
-    while iterations < max_iter and idx.numel():
+    iterations, limit = 0, tol * step
+    keep = (best > limit) & torch.isfinite(best)
+    while iterations < max_iter and bool(keep.any()):
+        if not bool(keep.all()):
+            y[idx] = y_best
+            idx, ya, ga, fa, best, since_best, y_best, d_f, d_g = (
+                v[keep] for v in (idx, ya, ga, fa, best, since_best, y_best, d_f, d_g))
+            sub = residual.subset(idx)
         filled = min(iterations, memory)
-        new = ya + fa
+        new = ga
         if filled:
-            gamma = torch.linalg.lstsq(d_f[:, :filled].mT, fa[..., None]).solution
-            new = new - (gamma.mT @ d_g[:, :filled])[:, 0]
-        Fn = sub(new)
-        fn, slot = step * Fn, iterations % memory
-        d_f[:, slot], d_g[:, slot] = fn - fa, new - ya + fn - fa
-        ya, fa, res, iterations = new, fn, _norm(Fn), iterations + 1
+            gamma = _mixing_coefficients(d_f[:, :filled], fa)
+            new = ga - (gamma[:, None, :] @ d_g[:, :filled])[:, 0]
+        gn = sub.relax(new, step)
+        fn, slot = gn - new, iterations % memory
+        d_f[:, slot], d_g[:, slot] = fn - fa, gn - ga
+        ya, ga, fa, res, iterations = new, gn, fn, _norm(fn), iterations + 1
         better = res < best
         best, since_best = torch.where(better, res, best), (since_best + 1) * ~better
-        y[idx[better]], F[idx[better]] = ya[better], Fn[better]
-        keep = (res > tol) & torch.isfinite(res) & (since_best < patience)
-        if not bool(keep.all()):
-            idx, ya, fa, best, since_best = idx[keep], ya[keep], fa[keep], best[keep], \
-                since_best[keep]
-            d_f, d_g, sub = d_f[keep], d_g[keep], residual.subset(idx)
+        y_best = torch.where(better[:, None], ya, y_best)
+        keep = (res > limit) & torch.isfinite(res) & (since_best < patience)
+    y[idx] = y_best
+    if touched.numel():
+        F[touched] = residual.subset(touched)(y[touched])
     return y, F, iterations
+
+
+def _mixing_coefficients(d_f, f):
+    """Anderson's ``gamma = argmin ||f - d_f^T gamma||`` per example, ``d_f`` ``(B, k, N)``,
+    from the ``k x k`` normal equations with a Tikhonov term ``sqrt(eps) * max diag`` (the
+    history may be nearly degenerate). An example whose system cannot be solved gets
+    ``gamma = 0`` (a plain step of the map)."""
+    gram = d_f @ d_f.mT
+    diagonal = gram.diagonal(dim1=-2, dim2=-1)
+    diagonal += diagonal.amax(-1, keepdim=True) * torch.finfo(gram.dtype).eps ** 0.5
+    gamma, info = torch.linalg.solve_ex(gram, (d_f @ f[..., None])[..., 0])
+    return torch.where((info == 0)[:, None], gamma, 0.0)
 
 
 def _hessenberg_lstsq(hess, beta, m):

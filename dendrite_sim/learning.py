@@ -314,17 +314,19 @@ class Frozen(NetworkModel):
         for v in self.frozen:
             keep[model.layout.variable_slice(v)] = False
         self._active, self._held = cols[keep], cols[~keep]
-        # full state = cat([active, held])[:, self._order]
+        # full state = cat([active, held])[:, self._order]; no reordering when the held
+        # variables come last (e.g. the two-phase trace after the activity)
         self._order = torch.argsort(torch.cat([self._active, self._held]))
+        self._trailing = bool((self._order == cols).all())
         self.hold = y_hold[:, self._held]
         self.time_scale = float(getattr(model, "time_scale", getattr(model, "tau", 1.0)))
 
     def restrict(self, y: torch.Tensor) -> torch.Tensor:
-        return y[:, self._active]
+        return y[:, :self._active.numel()] if self._trailing else y[:, self._active]
 
     def embed(self, y_active: torch.Tensor, hold: torch.Tensor | None = None) -> torch.Tensor:
-        hold = self.hold if hold is None else hold
-        return torch.cat([y_active, hold], dim=-1)[:, self._order]
+        full = torch.cat([y_active, self.hold if hold is None else hold], dim=-1)
+        return full if self._trailing else full[:, self._order]
 
     def drive(self, x, target=None, gates=None, breakpoints=()) -> Drive:
         base = self.base.drive(x, target, gates, breakpoints)
@@ -339,13 +341,17 @@ class Frozen(NetworkModel):
 
     def field(self, t, y, drive, prepared):
         full = self.embed(y, self._hold_of(drive))
-        return self.base.field(t, full, drive, prepared)[:, self._active]
+        return self.restrict(self.base.field(t, full, drive, prepared))
+
+    def relaxation(self, t, y, drive, prepared, step):
+        full = self.embed(y, self._hold_of(drive))
+        return self.restrict(self.base.relaxation(t, full, drive, prepared, step))
 
     def prepare(self, params):
         return self.base.prepare(params)
 
     def initial_state(self, drive, prepared):
-        return self.base.initial_state(drive, prepared)[:, self._active]
+        return self.restrict(self.base.initial_state(drive, prepared))
 
     def __getattr__(self, name):  # hyper-parameters of the model (mu, tau, ...)
         if name == "base":

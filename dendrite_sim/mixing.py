@@ -82,6 +82,48 @@ class MixingNetwork(NetworkModel):
         g = [self.pathways.feedback_map(i, h[i + 1], P) for i in range(1, self.depth)]
         return g + [drive.teaching.output_target(h[-1], drive.gate("teach", t))]
 
+    def field(self, t, y, drive, P):
+        """``dh_i/dt`` (6.1), then the rates of the model's other variables
+        (:meth:`auxiliary_rates`)."""
+        parts = self.layout.unpack(y)
+        h = [drive.x] + parts[self.activity]
+        return torch.cat(self.somatic_rates(t, h, drive, P) + self.auxiliary_rates(t, parts, drive),
+                         dim=-1)
+
+    def auxiliary_rates(self, t, parts, drive):
+        """Per-layer rates of the state variables beyond the activity, in layout order, from
+        the unpacked state ``parts`` (none here; e.g. the two-phase trace)."""
+        return []
+
+    def relaxation(self, t, y, drive, P, step):
+        """A map whose fixed points are the equilibria: the activity by one :meth:`layer_sweep`,
+        the other variables by a Picard step ``v + step dv/dt``."""
+        parts = self.layout.unpack(y)
+        h = [drive.x] + parts[self.activity]
+        others = [v for name in self.layout.variables if name != self.activity
+                  for v in parts[name]]
+        moved = [v + step * r for v, r in zip(others, self.auxiliary_rates(t, parts, drive))]
+        return torch.cat(self.layer_sweep(t, h, drive, P) + moved, dim=-1)
+
+    def layer_sweep(self, t, h, drive, P):
+        """One bottom-up sweep of the equilibrium condition of (6.1),
+        ``h_i = (1-mu) f_i(h_{i-1}) + mu g_i(h_{i+1})`` for ``i = 1..L``: ``h_{i-1}`` already
+        swept, ``h_{i+1}`` (and ``h_L`` in the teaching signal) from before — nonlinear
+        Gauss-Seidel, as costly as one field evaluation. Returns ``[h_1, ..., h_L]``.
+
+        Its fixed points are the equilibria of (6.1). A Picard step (Jacobi) mixes the error of
+        every layer with both neighbours' old errors; the sweep feeds each layer the new value
+        below it, so the forward (``1-mu``) part of the error is cleared in one sweep and only
+        the feedback (``mu``) part lags.
+        """
+        h, teach = list(h), drive.gate("teach", t)
+        for i in range(1, self.depth + 1):
+            f = self.pathways.forward(i, h[i - 1], P)
+            g = (self.pathways.feedback_map(i, h[i + 1], P) if i < self.depth
+                 else drive.teaching.output_target(h[i], teach))
+            h[i] = torch.lerp(f, g, self.mu)
+        return h[1:]
+
     def somatic_rates(self, t, h, drive, P):
         """``dh_i/dt = (-h_i + (1-mu) f_i(h_{i-1}) + mu g_i(h_{i+1})) / tau``  (6.1)."""
         f, g = self.basal(h, P), self.apical(t, h, drive, P)

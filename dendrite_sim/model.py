@@ -108,6 +108,12 @@ class NetworkModel:
         """Batch-averaged ``d(param)/dt`` for each name in ``plastic_params``."""
         raise NotImplementedError(f"{type(self).__name__} has no plasticity rules")
 
+    def relaxation(self, t, y: torch.Tensor, drive: Drive, prepared, step: float) -> torch.Tensor:
+        """One step of a map whose fixed points are the equilibria ``F(y) = 0``; ``fixed_point``
+        accelerates it (Anderson). Default: the Picard map ``y + step F(y)``, ``step`` the
+        model's time constant. A model with cheaper structure (a layer sweep) overrides it."""
+        return y + step * self.field(t, y, drive, prepared)
+
     def initial_state(self, drive: Drive, prepared) -> torch.Tensor:
         """The state a presentation starts from, ``(B, N)`` (the mixing models: the forward
         pass for the activity, traces equal to it)."""

@@ -59,10 +59,6 @@ class Mixture(MixingNetwork):
         together); ``T`` defaults to ``20 * tau``."""
         return Schedule.single_phase(20.0 * self.tau if T is None else T)
 
-    def field(self, t, y, drive, P):
-        """``dh_i/dt = (-h_i + (1-mu) f_i(h_{i-1}) + mu g_i(h_{i+1})) / tau``  (6.1)."""
-        return torch.cat(self.somatic_rates(t, [drive.x] + self.layers(y), drive, P), dim=-1)
-
     def initial_state(self, drive, P):
         """The forward pass ``h_i = f_i(h_{i-1})`` (the free equilibrium with exact inverses)."""
         return torch.cat(self.forward_pass(drive.x, P), dim=-1)

@@ -95,13 +95,11 @@ class TwoPhaseDTP(MixingNetwork):
         """The per-layer trace blocks ``[z_1, ..., z_L]`` of a state ``(..., N)``."""
         return self.layout.unpack(y)["z"]
 
-    def field(self, t, y, drive, P):
-        """``dh_i/dt`` (6.1) then ``dz_i/dt = trace(t) (h_i - z_i) / T_z`` (trace)."""
-        parts = self.layout.unpack(y)
-        h = [drive.x] + parts["h"]
+    def auxiliary_rates(self, t, parts, drive):
+        """``dz_i/dt = trace(t) (h_i - z_i) / T_z`` (trace); the field is ``dh_i/dt`` (6.1)
+        followed by these."""
         rate = drive.gate("trace", t) / self.trace_tau
-        dz = [rate * (hi - zi) for hi, zi in zip(h[1:], parts["z"])]
-        return torch.cat(self.somatic_rates(t, h, drive, P) + dz, dim=-1)
+        return [rate * (hi - zi) for hi, zi in zip(parts["h"], parts["z"])]
 
     def initial_state(self, drive, P):
         """Forward pass ``h_i = f_i(h_{i-1})``, and the trace equal to it (``z_i = h_i``)."""
