@@ -122,7 +122,7 @@ def _anderson(residual, y, F, tol, max_iter, step, memory=5, patience=5):
     Returns ``(y, F, iterations)``.
     """
     y, F = y.clone(), F.clone()
-    touched = ((_norm(F) > tol) & torch.isfinite(_norm(F))).nonzero().flatten()
+    touched = (_norm(F) > tol).nonzero().flatten()       # NaN compares False: left as is
     idx, sub, ya = touched, residual.subset(touched), y[touched]
     ga = sub.relax(ya, step)
     fa = ga - ya
@@ -130,26 +130,31 @@ def _anderson(residual, y, F, tol, max_iter, step, memory=5, patience=5):
     d_f = ya.new_empty(idx.numel(), memory, ya.shape[-1])   # only filled slots are read
     d_g = torch.empty_like(d_f)
     iterations, limit = 0, tol * step
-    keep = (best > limit) & torch.isfinite(best)
-    while iterations < max_iter and bool(keep.any()):
-        if not bool(keep.all()):
+    keep = best > limit
+    while iterations < max_iter:
+        active = int(keep.sum())
+        if active == 0:
+            break
+        if active < idx.numel():
             y[idx] = y_best
-            idx, ya, ga, fa, best, since_best, y_best, d_f, d_g = (
-                v[keep] for v in (idx, ya, ga, fa, best, since_best, y_best, d_f, d_g))
-            sub = residual.subset(idx)
+            idx, ya, ga, fa, best, since_best, y_best = (
+                v[keep] for v in (idx, ya, ga, fa, best, since_best, y_best))
+            d_f, d_g, sub = d_f[keep], d_g[keep], residual.subset(idx)
         filled = min(iterations, memory)
         new = ga
         if filled:
             gamma = _mixing_coefficients(d_f[:, :filled], fa)
-            new = ga - (gamma[:, None, :] @ d_g[:, :filled])[:, 0]
+            new = torch.baddbmm(ga[:, None], gamma[:, None], d_g[:, :filled], alpha=-1)[:, 0]
         gn = sub.relax(new, step)
         fn, slot = gn - new, iterations % memory
-        d_f[:, slot], d_g[:, slot] = fn - fa, gn - ga
+        torch.sub(fn, fa, out=d_f[:, slot])
+        torch.sub(gn, ga, out=d_g[:, slot])
         ya, ga, fa, res, iterations = new, gn, fn, _norm(fn), iterations + 1
-        better = res < best
-        best, since_best = torch.where(better, res, best), (since_best + 1) * ~better
+        better = res < best                               # False for NaN
+        best = torch.where(better, res, best)
+        since_best = torch.where(better, 0, since_best + 1)
         y_best = torch.where(better[:, None], ya, y_best)
-        keep = (res > limit) & torch.isfinite(res) & (since_best < patience)
+        keep = (res > limit) & (since_best < patience)    # NaN stops at once
     y[idx] = y_best
     if touched.numel():
         F[touched] = residual.subset(touched)(y[touched])
@@ -161,10 +166,13 @@ def _mixing_coefficients(d_f, f):
     from the ``k x k`` normal equations with a Tikhonov term ``sqrt(eps) * max diag`` (the
     history may be nearly degenerate). An example whose system cannot be solved gets
     ``gamma = 0`` (a plain step of the map)."""
-    gram = d_f @ d_f.mT
+    k = d_f.shape[1]
+    both = torch.cat([d_f, f[:, None]], dim=1)
+    products = both @ both.mT                       # one product: the Gram matrix and d_f f
+    gram, rhs = products[:, :k, :k], products[:, :k, k]
     diagonal = gram.diagonal(dim1=-2, dim2=-1)
     diagonal += diagonal.amax(-1, keepdim=True) * torch.finfo(gram.dtype).eps ** 0.5
-    gamma, info = torch.linalg.solve_ex(gram, (d_f @ f[..., None])[..., 0])
+    gamma, info = torch.linalg.solve_ex(gram, rhs)
     return torch.where((info == 0)[:, None], gamma, 0.0)
 
 

@@ -343,9 +343,10 @@ class Frozen(NetworkModel):
         full = self.embed(y, self._hold_of(drive))
         return self.restrict(self.base.field(t, full, drive, prepared))
 
-    def relaxation(self, t, y, drive, prepared, step):
+    def relaxation(self, t, y, drive, prepared, step, variables=None):
         full = self.embed(y, self._hold_of(drive))
-        return self.restrict(self.base.relaxation(t, full, drive, prepared, step))
+        active = tuple(v for v in self.layout.variables if variables is None or v in variables)
+        return self.base.relaxation(t, full, drive, prepared, step, variables=active)
 
     def prepare(self, params):
         return self.base.prepare(params)

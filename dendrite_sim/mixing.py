@@ -95,15 +95,22 @@ class MixingNetwork(NetworkModel):
         the unpacked state ``parts`` (none here; e.g. the two-phase trace)."""
         return []
 
-    def relaxation(self, t, y, drive, P, step):
+    def relaxation(self, t, y, drive, P, step, variables=None):
         """A map whose fixed points are the equilibria: the activity by one :meth:`layer_sweep`,
-        the other variables by a Picard step ``v + step dv/dt``."""
+        the other variables by a Picard step ``v + step dv/dt`` (``variables`` as in
+        :meth:`NetworkModel.relaxation`)."""
+        names = [v for v in self.layout.variables if variables is None or v in variables]
         parts = self.layout.unpack(y)
-        h = [drive.x] + parts[self.activity]
-        others = [v for name in self.layout.variables if name != self.activity
-                  for v in parts[name]]
-        moved = [v + step * r for v, r in zip(others, self.auxiliary_rates(t, parts, drive))]
-        return torch.cat(self.layer_sweep(t, h, drive, P) + moved, dim=-1)
+        blocks = []
+        if self.activity in names:
+            blocks += self.layer_sweep(t, [drive.x] + parts[self.activity], drive, P)
+        others = [v for v in self.layout.variables if v != self.activity]
+        if any(v in names for v in others):
+            rates = iter(self.auxiliary_rates(t, parts, drive))
+            for v in others:       # after the activity, in layout order
+                moved = [block + step * next(rates) for block in parts[v]]
+                blocks += moved if v in names else []
+        return torch.cat(blocks, dim=-1)
 
     def layer_sweep(self, t, h, drive, P):
         """One bottom-up sweep of the equilibrium condition of (6.1),

@@ -108,11 +108,20 @@ class NetworkModel:
         """Batch-averaged ``d(param)/dt`` for each name in ``plastic_params``."""
         raise NotImplementedError(f"{type(self).__name__} has no plasticity rules")
 
-    def relaxation(self, t, y: torch.Tensor, drive: Drive, prepared, step: float) -> torch.Tensor:
+    def relaxation(self, t, y: torch.Tensor, drive: Drive, prepared, step: float,
+                   variables=None) -> torch.Tensor:
         """One step of a map whose fixed points are the equilibria ``F(y) = 0``; ``fixed_point``
         accelerates it (Anderson). Default: the Picard map ``y + step F(y)``, ``step`` the
-        model's time constant. A model with cheaper structure (a layer sweep) overrides it."""
-        return y + step * self.field(t, y, drive, prepared)
+        model's time constant. A model with cheaper structure (a layer sweep) overrides it.
+
+        ``variables``: names of the state variables to return, concatenated in layout order
+        (default: the whole state), for a view that holds the others (``learning.Frozen``).
+        """
+        out = y + step * self.field(t, y, drive, prepared)
+        if variables is None:
+            return out
+        return torch.cat([out[..., self.layout.variable_slice(v)] for v in self.layout.variables
+                          if v in variables], dim=-1)
 
     def initial_state(self, drive: Drive, prepared) -> torch.Tensor:
         """The state a presentation starts from, ``(B, N)`` (the mixing models: the forward

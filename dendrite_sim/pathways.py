@@ -107,8 +107,10 @@ class Pathways:
             return c * torch.linalg.lu_solve(lu, pivots, u.T).T
         Q = P["Q"][i - 1]
         if self.form == "classic":
-            return c * self.transfers[i - 1](y @ Q.T)
-        return c * (self.backward_input(i, y, P) @ Q.T)
+            g = self.transfers[i - 1](y @ Q.T)
+        else:
+            g = self.backward_input(i, y, P) @ Q.T
+        return g if c == 1.0 else c * g
 
     def feedback_gradient(self, i: int, y, h_i, P):
         """Batch-summed gradient of ``1/2 ||g_i(y) - h_i||^2`` w.r.t. ``Q_i`` (gain 1).
