@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import dendrite_sim as ds
+from dendrite_sim.model import NetworkModel
 from dendrite_sim.models import Mixture
 
 F64 = torch.float64
@@ -39,3 +40,94 @@ def test_fallback_integration_stops_at_settle_steps():
     assert bool(done.converged.all())
     with pytest.raises(ValueError, match="settle_steps"):
         ds.fixed_point(model, x, None, settle_steps=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# the relaxation map that Anderson accelerates
+# ----------------------------------------------------------------------------------------------
+def _problem(seed=3, batch=4, width=24, mu=0.1):
+    """A network whose feedback is an imperfect inverse, as after learning: ``Q = W^+`` plus
+    noise (with ``Q = W^+`` exactly the free equilibrium is the forward pass)."""
+    model = Mixture([width] * 4, mu=mu, transfer="leaky_relu", slope=0.3, bias=True,
+                    feedback="learned", dtype=F64, seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    for b in model.params["b"]:
+        b.copy_(0.1 * torch.randn(b.shape, dtype=F64, generator=gen))
+    for q in model.params["Q"]:
+        q.add_(0.5 * torch.randn(q.shape, dtype=F64, generator=gen) / width ** 0.5)
+    x = torch.randn(batch, width, dtype=F64, generator=gen)
+    target = ds.Nudge(torch.randint(0, width, (batch,), generator=gen), "cross_entropy", 0.2)
+    return model, x, target
+
+
+class _Picard(Mixture):
+    """The same network with the engine's default relaxation, the Picard map y + tau F(y)."""
+
+    relaxation = NetworkModel.relaxation
+
+
+def test_layer_sweep_is_bottom_up_gauss_seidel():
+    """One sweep, written out by hand: h_i <- (1-mu) s(W_i h_{i-1} + b_i) +
+    mu Q_i (s^{-1}(h_{i+1}) - b_{i+1}) with h_{i-1} new and h_{i+1} old, and at the top
+    (1-mu) f_L + mu (h_L - eta_hat (softmax(h_L) - onehot))."""
+    model, x, target = _problem()
+    mu, slope, (W, b, Q) = model.mu, 0.3, (model.W, model.params["b"], model.Q)
+    leaky = lambda a: torch.where(a > 0, a, slope * a)             # noqa: E731
+    inverse = lambda y: torch.where(y > 0, y, y / slope)           # noqa: E731
+    gen = torch.Generator().manual_seed(9)
+    y = torch.randn(x.shape[0], model.state_size, dtype=F64, generator=gen)
+    h = [x] + list(torch.split(y, model.sizes[1:], dim=-1))
+    onehot = torch.nn.functional.one_hot(target.y, 24).to(F64)
+    for i in (1, 2, 3):
+        f = leaky(h[i - 1] @ W[i - 1].T + b[i - 1])
+        g = (inverse(h[i + 1]) - b[i]) @ Q[i - 1].T if i < 3 else \
+            h[3] - 0.2 * (torch.softmax(h[3], -1) - onehot)
+        h[i] = (1 - mu) * f + mu * g
+    drive = model.drive(x, target)
+    swept = model.relaxation(0.0, y, drive, model.prepare(model.params), 1.0)
+    torch.testing.assert_close(swept, torch.cat(h[1:], -1), rtol=1e-13, atol=1e-13)
+
+
+def test_sweep_fixes_the_equilibrium_and_saves_evaluations():
+    """The sweep's fixed point is the equilibrium the Picard map finds, and Anderson needs
+    fewer evaluations on it (measured 15 against 24, and 14-18 against 24-33 over seeds and
+    noise levels); the reported residual is the true max |dy/dt|."""
+    model, x, target = _problem(batch=16)
+    picard = _Picard([24] * 4, mu=model.mu, transfer="leaky_relu", slope=0.3, bias=True,
+                     feedback="learned", dtype=F64, seed=3)
+    picard.params = model.params
+    eq = ds.fixed_point(model, x, target, method="anderson")
+    ref = ds.fixed_point(picard, x, target, method="anderson")
+    assert (eq.y - model.initial_state(model.drive(x, target), model.params)).abs().max() > 1e-2
+    assert eq.all_converged and ref.all_converged
+    torch.testing.assert_close(eq.y, ref.y, rtol=0, atol=1e-9)
+    drive, prepared = model.drive(x, target), model.prepare(model.params)
+    true = model.field(0.0, eq.y, drive, prepared).abs().amax(-1)
+    torch.testing.assert_close(eq.residual, true, rtol=0, atol=0)
+    swept = model.relaxation(0.0, eq.y, drive, prepared, 1.0)
+    assert float((swept - eq.y).abs().max()) < 1e-9
+    assert eq.nfev < 0.8 * ref.nfev, (eq.nfev, ref.nfev)
+
+
+def test_relaxation_of_selected_variables():
+    """``variables`` returns those blocks of the full map, in layout order; a Frozen view
+    sweeps the activity with the trace held."""
+    from dendrite_sim.learning import Frozen
+    from dendrite_sim.models import TwoPhaseDTP
+    model = TwoPhaseDTP([6, 5, 4], mu=0.2, trace_tau=0.5, dtype=F64, seed=1)
+    x = torch.randn(3, 6, dtype=F64, generator=torch.Generator().manual_seed(2))
+    gates = lambda t: {"teach": 0.0, "trace": 1.0}                 # noqa: E731
+    drive, prepared = model.drive(x, None, gates), model.prepare(model.params)
+    y = torch.randn(3, model.state_size, dtype=F64, generator=torch.Generator().manual_seed(3))
+    full = model.relaxation(0.0, y, drive, prepared, 0.25)
+    h, z = model.layout.variable_slice("h"), model.layout.variable_slice("z")
+    torch.testing.assert_close(model.relaxation(0.0, y, drive, prepared, 0.25, ("h",)),
+                               full[:, h], rtol=0, atol=0)
+    torch.testing.assert_close(model.relaxation(0.0, y, drive, prepared, 0.25, ("z",)),
+                               full[:, z], rtol=0, atol=0)
+    # the trace takes a Picard step toward the activity it held: z + 0.25 (h - z) / 0.5
+    torch.testing.assert_close(full[:, z], y[:, z] + 0.5 * (y[:, h] - y[:, z]))
+    view = Frozen(model, ("z",), y)
+    fdrive = view.drive(x, None, gates)
+    torch.testing.assert_close(view.relaxation(0.0, y[:, h], fdrive, prepared, 0.25),
+                               full[:, h], rtol=0, atol=0)
