@@ -216,7 +216,8 @@ def _relax_slow(model, drive, prepared, y, variables, t0, duration):
 
     A slow variable relaxes componentwise and linearly toward a value set by the activity,
     ``dv/dt = -k (v - v*)`` with a rate ``k >= 0`` per component (zero while it holds); the
-    activity does not depend on it. So ``k = F_v(v) - F_v(v + 1)`` from two field evaluations,
+    activity does not depend on it. So ``k = F_v(v) - F_v(v + 1)`` from two evaluations of its
+    rates alone (``model.rates``),
     ``v* = v + F_v(v) / k`` (``v`` where ``k = 0``), and over the phase::
 
         v(D) = v* + exp(-k D) (v - v*),     mean_[0,D] v = v* + phi_1(-k D) (v - v*)
@@ -226,17 +227,16 @@ def _relax_slow(model, drive, prepared, y, variables, t0, duration):
     if not variables:
         return y, y
     y_end, y_mean = y.clone(), y.clone()
-    shifted = y.clone()
-    for v in variables:
-        shifted[:, model.layout.variable_slice(v)] += 1.0
-    with torch.no_grad():
-        rate_now = model.field(t0, y, drive, prepared)
-        k = rate_now - model.field(t0, shifted, drive, prepared)
     for v in variables:
         sl = model.layout.variable_slice(v)
-        moving = k[:, sl] > 0
-        rate = torch.where(moving, k[:, sl], torch.ones_like(k[:, sl]))
-        gap = torch.where(moving, rate_now[:, sl] / rate, torch.zeros_like(rate))  # v* - v
+        shifted = y.clone()
+        shifted[:, sl] += 1.0
+        with torch.no_grad():
+            rate_now = model.rates(t0, y, drive, prepared, (v,))
+            k = rate_now - model.rates(t0, shifted, drive, prepared, (v,))
+        moving = k > 0
+        rate = torch.where(moving, k, torch.ones_like(k))
+        gap = torch.where(moving, rate_now / rate, torch.zeros_like(rate))  # v* - v
         kd = rate * duration
         y_end[:, sl] = y[:, sl] + gap - torch.exp(-kd) * gap            # v* + e^{-kD}(v - v*)
         phi = torch.where(moving, -torch.expm1(-kd) / kd, torch.ones_like(kd))

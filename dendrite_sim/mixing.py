@@ -84,32 +84,42 @@ class MixingNetwork(NetworkModel):
 
     def field(self, t, y, drive, P):
         """``dh_i/dt`` (6.1), then the rates of the model's other variables
-        (:meth:`auxiliary_rates`)."""
+        (:meth:`auxiliary_rates`), in layout order."""
         parts = self.layout.unpack(y)
         h = [drive.x] + parts[self.activity]
-        return torch.cat(self.somatic_rates(t, h, drive, P) + self.auxiliary_rates(t, parts, drive),
-                         dim=-1)
+        others = self.auxiliary_rates(t, parts, drive)
+        return torch.cat(self.somatic_rates(t, h, drive, P)
+                         + [r for v in self._others for r in others[v]], dim=-1)
 
-    def auxiliary_rates(self, t, parts, drive):
-        """Per-layer rates of the state variables beyond the activity, in layout order, from
+    def auxiliary_rates(self, t, parts, drive) -> dict:
+        """``{variable: per-layer rates}`` of the state variables beyond the activity, from
         the unpacked state ``parts`` (none here; e.g. the two-phase trace)."""
-        return []
+        return {}
+
+    @property
+    def _others(self):
+        return [v for v in self.layout.variables if v != self.activity]
+
+    def rates(self, t, y, drive, P, variables):
+        """As :meth:`NetworkModel.rates`; without the activity, only :meth:`auxiliary_rates`
+        is evaluated."""
+        if self.activity in variables:
+            return super().rates(t, y, drive, P, variables)
+        others = self.auxiliary_rates(t, self.layout.unpack(y), drive)
+        return torch.cat([r for v in self._others if v in variables for r in others[v]], dim=-1)
 
     def relaxation(self, t, y, drive, P, step, variables=None):
         """A map whose fixed points are the equilibria: the activity by one :meth:`layer_sweep`,
         the other variables by a Picard step ``v + step dv/dt`` (``variables`` as in
         :meth:`NetworkModel.relaxation`)."""
-        names = [v for v in self.layout.variables if variables is None or v in variables]
         parts = self.layout.unpack(y)
         blocks = []
-        if self.activity in names:
+        if variables is None or self.activity in variables:
             blocks += self.layer_sweep(t, [drive.x] + parts[self.activity], drive, P)
-        others = [v for v in self.layout.variables if v != self.activity]
-        if any(v in names for v in others):
-            rates = iter(self.auxiliary_rates(t, parts, drive))
-            for v in others:       # after the activity, in layout order
-                moved = [block + step * next(rates) for block in parts[v]]
-                blocks += moved if v in names else []
+        moving = [v for v in self._others if variables is None or v in variables]
+        if moving:
+            others = self.auxiliary_rates(t, parts, drive)
+            blocks += [p + step * r for v in moving for p, r in zip(parts[v], others[v])]
         return torch.cat(blocks, dim=-1)
 
     def layer_sweep(self, t, h, drive, P):

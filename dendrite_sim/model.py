@@ -108,6 +108,15 @@ class NetworkModel:
         """Batch-averaged ``d(param)/dt`` for each name in ``plastic_params``."""
         raise NotImplementedError(f"{type(self).__name__} has no plasticity rules")
 
+    def rates(self, t, y: torch.Tensor, drive: Drive, prepared, variables) -> torch.Tensor:
+        """``dy/dt`` of the named state variables only, concatenated in layout order (default:
+        those columns of :meth:`field`; a model may compute them alone, more cheaply)."""
+        return self._columns(self.field(t, y, drive, prepared), variables)
+
+    def _columns(self, y: torch.Tensor, variables) -> torch.Tensor:
+        return torch.cat([y[..., self.layout.variable_slice(v)] for v in self.layout.variables
+                          if v in variables], dim=-1)
+
     def relaxation(self, t, y: torch.Tensor, drive: Drive, prepared, step: float,
                    variables=None) -> torch.Tensor:
         """One step of a map whose fixed points are the equilibria ``F(y) = 0``; ``fixed_point``
@@ -118,10 +127,7 @@ class NetworkModel:
         (default: the whole state), for a view that holds the others (``learning.Frozen``).
         """
         out = y + step * self.field(t, y, drive, prepared)
-        if variables is None:
-            return out
-        return torch.cat([out[..., self.layout.variable_slice(v)] for v in self.layout.variables
-                          if v in variables], dim=-1)
+        return out if variables is None else self._columns(out, variables)
 
     def initial_state(self, drive: Drive, prepared) -> torch.Tensor:
         """The state a presentation starts from, ``(B, N)`` (the mixing models: the forward

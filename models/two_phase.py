@@ -99,7 +99,7 @@ class TwoPhaseDTP(MixingNetwork):
         """``dz_i/dt = trace(t) (h_i - z_i) / T_z`` (trace); the field is ``dh_i/dt`` (6.1)
         followed by these."""
         rate = drive.gate("trace", t) / self.trace_tau
-        return [rate * (hi - zi) for hi, zi in zip(parts["h"], parts["z"])]
+        return {"z": [rate * (hi - zi) for hi, zi in zip(parts["h"], parts["z"])]}
 
     def initial_state(self, drive, P):
         """Forward pass ``h_i = f_i(h_{i-1})``, and the trace equal to it (``z_i = h_i``)."""

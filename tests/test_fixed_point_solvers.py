@@ -110,8 +110,8 @@ def test_sweep_fixes_the_equilibrium_and_saves_evaluations():
 
 
 def test_relaxation_of_selected_variables():
-    """``variables`` returns those blocks of the full map, in layout order; a Frozen view
-    sweeps the activity with the trace held."""
+    """``variables`` returns those blocks of the full map, in layout order (and ``rates``
+    those columns of the field); a Frozen view sweeps the activity with the trace held."""
     from dendrite_sim.learning import Frozen
     from dendrite_sim.models import TwoPhaseDTP
     model = TwoPhaseDTP([6, 5, 4], mu=0.2, trace_tau=0.5, dtype=F64, seed=1)
@@ -125,6 +125,10 @@ def test_relaxation_of_selected_variables():
                                full[:, h], rtol=0, atol=0)
     torch.testing.assert_close(model.relaxation(0.0, y, drive, prepared, 0.25, ("z",)),
                                full[:, z], rtol=0, atol=0)
+    field = model.field(0.0, y, drive, prepared)
+    for names, cols in ((("z",), z), (("h",), h)):       # rates: those columns of the field
+        torch.testing.assert_close(model.rates(0.0, y, drive, prepared, names), field[:, cols],
+                                   rtol=0, atol=0)
     # the trace takes a Picard step toward the activity it held: z + 0.25 (h - z) / 0.5
     torch.testing.assert_close(full[:, z], y[:, z] + 0.5 * (y[:, h] - y[:, z]))
     view = Frozen(model, ("z",), y)
