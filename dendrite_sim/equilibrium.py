@@ -2,9 +2,14 @@
 
 Each example of the batch is an independent system, solved together:
 
-* ``"anderson"`` — Anderson acceleration of the relaxation map ``y <- y + tau F(y)`` (for the
-  mixing models the Picard map ``h <- (1-mu) f + mu g``): one field evaluation per iteration,
-  no derivatives; on a linear problem it is equivalent to GMRES on the Jacobian;
+* ``"anderson"`` — Anderson acceleration of the model's relaxation map
+  (:meth:`~dendrite_sim.model.NetworkModel.relaxation`): by default the Picard map
+  ``y <- y + tau F(y)``, on a linear problem equivalent to GMRES on the Jacobian; the mixing
+  models sweep their layers bottom-up, ``h_i <- (1-mu) f_i(h_{i-1}) + mu g_i(h_{i+1})`` with
+  ``h_{i-1}`` already updated (nonlinear Gauss–Seidel), which needs 40–60 % fewer iterations
+  when the feedback is an imperfect inverse (measured on the digits network after training:
+  13 against 25 to 1e-10). One map evaluation per iteration, no derivatives; the true residual
+  is evaluated at the end;
 * ``"newton"`` — damped Newton with the dense autograd Jacobian;
 * ``"newton_krylov"`` — inexact Newton whose linear systems are solved matrix-free by a
   batched GMRES on Jacobian-vector products (forward-mode AD);
