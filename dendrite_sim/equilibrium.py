@@ -91,10 +91,17 @@ class _Residual:
         self.count(1)
         return self.model.field(0.0, y, self.drive, self.prepared)
 
-    def relax(self, y, step):
-        """One application of the model's relaxation map (as costly as a field evaluation)."""
+    def relax(self, y, step, F=None):
+        """One application of the model's relaxation map (as costly as a field evaluation;
+        free for the Picard map when ``F = F(y)`` is known)."""
+        if F is not None and self.picard:
+            return y + step * F
         self.count(1)
         return self.model.relaxation(0.0, y, self.drive, self.prepared, step)
+
+    @property
+    def picard(self) -> bool:
+        return bool(getattr(self.model, "picard_relaxation", False))
 
     def subset(self, index) -> "_Residual":
         return _Residual(self.model, self.drive.subset(index), self.prepared, self._tally)
@@ -122,16 +129,16 @@ def _anderson(residual, y, F, tol, max_iter, step, memory=5, patience=5):
     in ring buffers ``(B, memory, N)``; each iteration mixes them with the coefficients of
     :func:`_mixing_coefficients`. An example stops when ``max |r| / step <= tol`` (in the units
     of ``F``; equal to ``max |F|`` for the Picard map), turns non-finite, or finds no new best
-    in ``patience`` iterations; each example returns its best iterate, where the true residual
-    ``F`` is evaluated once at the end (one more field evaluation).
+    in ``patience`` iterations; each example returns its best iterate. For the Picard map ``F``
+    is the map residual over ``step``; for any other map it is evaluated once at the end.
     Returns ``(y, F, iterations)``.
     """
     y, F = y.clone(), F.clone()
     touched = (_norm(F) > tol).nonzero().flatten()       # NaN compares False: left as is
     idx, sub, ya = touched, residual.subset(touched), y[touched]
-    ga = sub.relax(ya, step)
+    ga = sub.relax(ya, step, F[touched])
     fa = ga - ya
-    best, since_best, y_best = _norm(fa), torch.zeros_like(touched), ya
+    best, since_best, y_best, f_best = _norm(fa), torch.zeros_like(touched), ya, fa
     d_f = ya.new_empty(idx.numel(), memory, ya.shape[-1])   # only filled slots are read
     d_g = torch.empty_like(d_f)
     iterations, limit = 0, tol * step
@@ -141,9 +148,9 @@ def _anderson(residual, y, F, tol, max_iter, step, memory=5, patience=5):
         if active == 0:
             break
         if active < idx.numel():
-            y[idx] = y_best
-            idx, ya, ga, fa, best, since_best, y_best = (
-                v[keep] for v in (idx, ya, ga, fa, best, since_best, y_best))
+            y[idx], F[idx] = y_best, f_best / step
+            idx, ya, ga, fa, best, since_best, y_best, f_best = (
+                v[keep] for v in (idx, ya, ga, fa, best, since_best, y_best, f_best))
             d_f, d_g, sub = d_f[keep], d_g[keep], residual.subset(idx)
         filled = min(iterations, memory)
         new = ga
@@ -159,9 +166,10 @@ def _anderson(residual, y, F, tol, max_iter, step, memory=5, patience=5):
         best = torch.where(better, res, best)
         since_best = torch.where(better, 0, since_best + 1)
         y_best = torch.where(better[:, None], ya, y_best)
+        f_best = torch.where(better[:, None], fa, f_best)
         keep = (res > limit) & (since_best < patience)    # NaN stops at once
-    y[idx] = y_best
-    if touched.numel():
+    y[idx], F[idx] = y_best, f_best / step
+    if touched.numel() and not residual.picard:           # the map residual is not F
         F[touched] = residual.subset(touched)(y[touched])
     return y, F, iterations
 

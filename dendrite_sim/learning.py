@@ -343,6 +343,10 @@ class Frozen(NetworkModel):
         full = self.embed(y, self._hold_of(drive))
         return self.restrict(self.base.field(t, full, drive, prepared))
 
+    @property
+    def picard_relaxation(self):
+        return self.base.picard_relaxation
+
     def relaxation(self, t, y, drive, prepared, step, variables=None):
         full = self.embed(y, self._hold_of(drive))
         active = tuple(v for v in self.layout.variables if variables is None or v in variables)

@@ -30,6 +30,7 @@ class MixingNetwork(NetworkModel):
     ``"h"`` (each one block per layer, e.g. ``("z",)`` for a slow trace)."""
 
     plastic_params = ("W", "b", "Q")
+    picard_relaxation = False   # the layer sweep
 
     def __init__(self, sizes, mu, tau, feedback, transfer, slope, bias, seed, dtype, device,
                  form, feedback_gain, eta, eta_inv, weight_decay, compensate_decay,

@@ -86,6 +86,9 @@ class NetworkModel:
     """
 
     activity = "h"
+    #: whether :meth:`relaxation` is the default Picard map ``y + step F(y)`` (the solver then
+    #: reads ``F`` off the map's residual instead of evaluating it)
+    picard_relaxation = True
     #: parameter names the model has plasticity rules for (subset of ``params``)
     plastic_params: tuple[str, ...] = ()
 

@@ -64,6 +64,7 @@ class _Picard(Mixture):
     """The same network with the engine's default relaxation, the Picard map y + tau F(y)."""
 
     relaxation = NetworkModel.relaxation
+    picard_relaxation = True
 
 
 def test_layer_sweep_is_bottom_up_gauss_seidel():
