@@ -148,6 +148,8 @@ def _anderson(residual, y, F, tol, max_iter, step, memory=5, patience=5, rho=0.5
     Returns ``(y, F, iterations)``.
     """
     y, F, touched = _start(y, F, tol)
+    if touched.numel() == 0:
+        return y, F, 0
     idx, sub, ya = touched, residual.subset(touched), y[touched]
     ga = sub.relax(ya, step, F[touched])
     fa = ga - ya
@@ -184,7 +186,7 @@ def _anderson(residual, y, F, tol, max_iter, step, memory=5, patience=5, rho=0.5
         f_best = torch.where(better[:, None], fa, f_best)
         keep = (res > limit) & (since_best < patience)    # NaN stops at once
     y[idx], F[idx] = y_best, f_best / step
-    if touched.numel() and not residual.picard:           # the map residual is not F
+    if not residual.picard:                               # the map residual is not F
         F[touched] = residual.subset(touched)(y[touched])
     return y, F, iterations
 
