@@ -179,6 +179,10 @@ def _anderson(residual, y, F, tol, max_iter, step, memory=5, patience=5, rho=0.5
         ya, ga, fa, previous, iterations = new, gn, fn, res, iterations + 1
         res = _norm(fn)
         mixing = mixing or bool((~(res <= rho * previous)).any())
+        if not mixing:      # every example shrank by rho: this iterate is each one's best
+            best, y_best, f_best = res, ya, fa
+            keep = res > limit
+            continue
         better = res < best                               # False for NaN
         best = torch.where(better, res, best)
         since_best = torch.where(better, 0, since_best + 1)
