@@ -102,7 +102,7 @@ class _Residual:
 
     @property
     def picard(self) -> bool:
-        return bool(getattr(self.model, "picard_relaxation", False))
+        return bool(self.model.picard_relaxation)
 
     def subset(self, index) -> "_Residual":
         return _Residual(self.model, self.drive.subset(index), self.prepared, self._tally)

@@ -80,8 +80,14 @@ class MixingNetwork(NetworkModel):
     def apical(self, t, h, drive, P):
         """``[g_1(h_2), ..., g_{L-1}(h_L), h_L^trgt]``; the teaching signal is gated by
         ``teach`` (``h_L`` when off: the output is short-circuited, (6.29))."""
-        g = [self.pathways.feedback_map(i, h[i + 1], P) for i in range(1, self.depth)]
-        return g + [drive.teaching.output_target(h[-1], drive.gate("teach", t))]
+        teach = drive.gate("teach", t)
+        return [self._apical(i, h, drive, P, teach) for i in range(1, self.depth + 1)]
+
+    def _apical(self, i, h, drive, P, teach):
+        """``g_i(h_{i+1})``, or the gated teaching signal ``h_L^trgt`` for ``i = L``."""
+        if i < self.depth:
+            return self.pathways.feedback_map(i, h[i + 1], P)
+        return drive.teaching.output_target(h[i], teach)
 
     def field(self, t, y, drive, P):
         """``dh_i/dt`` (6.1), then the rates of the model's other variables
@@ -137,9 +143,7 @@ class MixingNetwork(NetworkModel):
         h, teach = list(h), drive.gate("teach", t)
         for i in range(1, self.depth + 1):
             f = self.pathways.forward(i, h[i - 1], P)
-            g = (self.pathways.feedback_map(i, h[i + 1], P) if i < self.depth
-                 else drive.teaching.output_target(h[i], teach))
-            h[i] = torch.lerp(f, g, self.mu)
+            h[i] = torch.lerp(f, self._apical(i, h, drive, P, teach), self.mu)
         return h[1:]
 
     def somatic_rates(self, t, h, drive, P):
