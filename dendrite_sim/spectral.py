@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import check_tensor
 from .layout import Layout
 from .model import Drive, NetworkModel
 
