@@ -52,6 +52,7 @@ class Layout:
                 start += int(width)
         self.variables = {k: [int(w) for w in v] for k, v in variables.items()}
         self.blocks = blocks
+        self._widths = [b.size for b in blocks]
         self.size = start
         self._by_name = {b.name: b for b in blocks}
 
@@ -61,8 +62,8 @@ class Layout:
     def unpack(self, y: torch.Tensor) -> dict[str, list[torch.Tensor]]:
         """Views ``{variable: [layer 1, layer 2, ...]}`` of a ``(..., N)`` state."""
         out: dict[str, list[torch.Tensor]] = {v: [] for v in self.variables}
-        for b in self.blocks:
-            out[b.variable].append(y[..., b.start:b.stop])
+        for b, view in zip(self.blocks, y.split(self._widths, dim=-1)):
+            out[b.variable].append(view)
         return out
 
     def pack(self, parts: dict[str, list[torch.Tensor]]) -> torch.Tensor:

@@ -31,20 +31,18 @@ parameters it ends with. Two modes:
        (relative error ~ ``tau / duration``) and the change of the equilibrium as the weights
        move within the phase (relative error ~ ``eta * duration``): the quasi-static
        approximation.
-    4. if the weights moved, re-solve the equilibrium at the updated weights (warm start; one
-       or two Newton steps): the phase ends at the equilibrium of the weights it ends with, so
+    4. if the weights moved, re-solve the equilibrium at the updated weights (warm start): the phase ends at the equilibrium of the weights it ends with, so
        a trace that followed the activity remembers the end-of-phase value, as in coupled mode.
-
-Neither mode mutates the parameters it is given.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 import torch
 
-from .equilibrium import fixed_point
+from .equilibrium import solve_equilibrium
 from .errors import NumericalError, check_range
 from .integrate import FIXED_STEP, METHODS, integrate_drive
 from .layout import Layout
@@ -145,33 +143,40 @@ def _constant(gates: dict):
 
 def _quasi_static(model, x, target, schedule, params, tol, max_iter, end_state):
     params = _copy_params(params)
-    drive = model.drive(x, target)
-    y = model.initial_state(drive, model.prepare(params))
+    base = model.drive(x, target)                        # validated once
+    y = model.initial_state(base, model.prepare(params))
     slow = tuple(v for v in getattr(model, "slow_variables", ()) if v in model.layout.variables)
     others = [v for v in model.layout.variables if v != model.activity and v not in slow]
-    states, nfev, converged, worst = {}, 0, True, 0.0
+    pair = model.gates_per_example and not others
+    phases, solve = schedule.phases, dict(tol=tol, max_iter=max_iter)
+    states, nfev, converged, worst, ahead = {}, 0, True, 0.0, None
     t0 = 0.0
-    for k, phase in enumerate(schedule.phases):
-        gates = _constant(phase.gates)
-        drive = model.drive(x, target, gates)
+    for k, phase in enumerate(phases):
+        drive = dataclasses.replace(base, gates=_constant(phase.gates))
         prepared = model.prepare(params)
         held = slow + tuple(v for v in (frozen_variables(model, drive, prepared, y, t0)
                                         if others else ()) if v not in slow)
         view = Frozen(model, held, y) if held else model
-        solve = dict(x=x, target=target, gates=gates, tol=tol, max_iter=max_iter)
-        y_star, eq = _equilibrate(view, y, params, solve)
-        nfev, converged, worst = _tally(eq, phase, nfev, converged, worst)
-        _, y_mean = _relax_slow(model, drive, prepared, y_star, slow, t0, phase.duration)
-        params, changed = _euler_step(model, params,
-                                      model.plasticity(t0, y_mean, drive, prepared),
-                                      phase.duration)
-        if k == len(schedule.phases) - 1 and not end_state:
+        if ahead is None:
+            y_star, eq = _equilibrate(view, y, drive, params, prepared, solve)
+            nfev, converged, worst = _tally(eq, phase, nfev, converged, worst)
+        else:        # solved with the previous phase's re-solve; the held blocks are y's
+            y_star, ahead = (view.embed(view.restrict(ahead)) if held else ahead), None
+        y, y_mean = _relax_slow(model, drive, prepared, y_star, slow, t0, phase.duration)
+        rates = model.plasticity(t0, y_mean, drive, prepared)
+        params, changed = _euler_step(model, params, rates, phase.duration)
+        last = k == len(phases) - 1
+        if last and not end_state:
             break
         if changed:  # the phase ends at the equilibrium of the weights it ends with
             prepared = model.prepare(params)
-            y_star, eq = _equilibrate(view, y_star, params, solve)
+            if pair and not last:
+                y_star, ahead, eq = _equilibrate_pair(view, y_star, drive, phases[k + 1],
+                                                      params, prepared, solve)
+            else:
+                y_star, eq = _equilibrate(view, y_star, drive, params, prepared, solve)
             nfev, converged, worst = _tally(eq, phase, nfev, converged, worst)
-        y, _ = _relax_slow(model, drive, prepared, y_star, slow, t0, phase.duration)
+            y, _ = _relax_slow(model, drive, prepared, y_star, slow, t0, phase.duration)
         states[phase.name] = y
         t0 += phase.duration
     return Presentation(params, states, nfev, schedule.duration, "quasi_static", converged,
@@ -191,14 +196,38 @@ def _euler_step(model, params, rates, duration):
     return params, changed
 
 
-def _equilibrate(view, y, params, solve):
+def _equilibrate(view, y, drive, params, prepared, solve):
     """Equilibrium from the full state ``y``, on the subspace of ``view`` when it is a
     :class:`Frozen` view; returns the full equilibrium state and the solver result."""
     if isinstance(view, Frozen):
-        eq = fixed_point(view, y0=view.restrict(y), params=params, **solve)
+        eq = solve_equilibrium(view, view.wrap(drive), view.restrict(y), params, prepared,
+                               **solve)
         return view.embed(eq.y), eq
-    eq = fixed_point(view, y0=y, params=params, **solve)
+    eq = solve_equilibrium(view, drive, y, params, prepared, **solve)
     return eq.y, eq
+
+
+def _equilibrate_pair(view, y, drive, following, params, prepared, solve):
+    """The equilibrium of this phase (``drive``'s gates) and of the ``following`` phase, both
+    at the same weights and from ``y``, solved as one batch of ``2B`` examples whose gates
+    differ per example (``Drive.example_gates``): at small batches an iteration costs about
+    the same for twice the examples. Valid when the activity does not depend on the held
+    (slow) variables, so the following phase's equilibrium does not wait for this one's.
+    Returns ``(this phase's state, the following phase's, the solver result)``.
+    """
+    batch = y.shape[0]
+    both = torch.cat([y, y])
+    twice = torch.arange(batch, device=y.device).repeat(2)
+    now, then = drive.gates(0.0), following.gates
+    per_example = {n: torch.cat([y.new_full((batch, 1), float(now[n])),
+                                 y.new_full((batch, 1), float(then[n]))])
+                   for n in now if now[n] != then.get(n, now[n])}
+    same = {n: v for n, v in now.items() if n not in per_example}
+    paired = dataclasses.replace(drive.subset(twice), gates=_constant(same),
+                                 example_gates=per_example)
+    pair_view = Frozen(view.base, view.frozen, both) if isinstance(view, Frozen) else view
+    y_both, eq = _equilibrate(pair_view, both, paired, params, prepared, solve)
+    return y_both[:batch], y_both[batch:], eq
 
 
 def _tally(eq, phase, nfev, converged, worst):
@@ -235,6 +264,8 @@ def _relax_slow(model, drive, prepared, y, variables, t0, duration):
             rate_now = model.rates(t0, y, drive, prepared, (v,))
             k = rate_now - model.rates(t0, shifted, drive, prepared, (v,))
         moving = k > 0
+        if not bool(moving.any()):            # held throughout (e.g. a trace gated off)
+            continue
         rate = torch.where(moving, k, torch.ones_like(k))
         gap = torch.where(moving, rate_now / rate, torch.zeros_like(rate))  # v* - v
         kd = rate * duration
@@ -289,6 +320,22 @@ class _FrozenDrive(Drive):
                             frozen=self.frozen[index])
 
 
+@functools.lru_cache(maxsize=64)
+def _frozen_columns(layout_key, frozen, device):
+    """Columns of the active and of the held variables of a state with layout
+    ``layout_key`` (``((variable, widths), ...)``), the order that maps ``cat([active,
+    held])`` back to the state, and whether that order is the identity (the held variables
+    come last, e.g. the two-phase trace after the activity)."""
+    layout = Layout(dict(layout_key))
+    cols = torch.arange(layout.size, device=device)
+    keep = torch.ones(layout.size, dtype=torch.bool, device=device)
+    for v in frozen:
+        keep[layout.variable_slice(v)] = False
+    active, held = cols[keep], cols[~keep]
+    order = torch.argsort(torch.cat([active, held]))
+    return active, held, order, bool((order == cols).all())
+
+
 class Frozen(NetworkModel):
     """View of ``model`` whose state leaves out the ``frozen`` variables, held at their values
     in ``y_hold`` ``(B, N)``; everything else (field, parameters, activity) is the model's.
@@ -309,15 +356,9 @@ class Frozen(NetworkModel):
         self.frozen = tuple(frozen)
         self.layout = Layout({v: w for v, w in model.layout.variables.items()
                               if v not in self.frozen})
-        cols = torch.arange(model.state_size, device=model.device)
-        keep = torch.ones(model.state_size, dtype=torch.bool, device=model.device)
-        for v in self.frozen:
-            keep[model.layout.variable_slice(v)] = False
-        self._active, self._held = cols[keep], cols[~keep]
-        # full state = cat([active, held])[:, self._order]; no reordering when the held
-        # variables come last (e.g. the two-phase trace after the activity)
-        self._order = torch.argsort(torch.cat([self._active, self._held]))
-        self._trailing = bool((self._order == cols).all())
+        layout_key = tuple((v, tuple(w)) for v, w in model.layout.variables.items())
+        self._active, self._held, self._order, self._trailing = _frozen_columns(
+            layout_key, self.frozen, model.device)
         self.hold = y_hold[:, self._held]
         self.time_scale = float(getattr(model, "time_scale", getattr(model, "tau", 1.0)))
 
@@ -333,15 +374,19 @@ class Frozen(NetworkModel):
         if self.hold.shape[0] != base.batch_size:
             raise ValueError(f"the held state has batch {self.hold.shape[0]}; x has "
                              f"{base.batch_size}")
-        return _FrozenDrive(**{f.name: getattr(base, f.name) for f in dataclasses.fields(Drive)},
-                            frozen=self.hold)
+        return self.wrap(base)
+
+    def wrap(self, drive: Drive) -> Drive:
+        """The model's ``drive`` carrying this view's held values (same batch)."""
+        return _FrozenDrive(**{f.name: getattr(drive, f.name)
+                               for f in dataclasses.fields(Drive)}, frozen=self.hold)
 
     def _hold_of(self, drive):
         return getattr(drive, "frozen", None) if isinstance(drive, _FrozenDrive) else self.hold
 
     def field(self, t, y, drive, prepared):
         full = self.embed(y, self._hold_of(drive))
-        return self.restrict(self.base.field(t, full, drive, prepared))
+        return self.base.rates(t, full, drive, prepared, tuple(self.layout.variables))
 
     @property
     def picard_relaxation(self):

@@ -31,6 +31,7 @@ class MixingNetwork(NetworkModel):
 
     plastic_params = ("W", "b", "Q")
     picard_relaxation = False   # the layer sweep
+    gates_per_example = True    # gates enter as factors of the teaching signal and rates
 
     def __init__(self, sizes, mu, tau, feedback, transfer, slope, bias, seed, dtype, device,
                  form, feedback_gain, eta, eta_inv, weight_decay, compensate_decay,
@@ -84,19 +85,18 @@ class MixingNetwork(NetworkModel):
         return [self._apical(i, h, drive, P, teach) for i in range(1, self.depth + 1)]
 
     def _apical(self, i, h, drive, P, teach):
-        """``g_i(h_{i+1})``, or the gated teaching signal ``h_L^trgt`` for ``i = L``."""
+        """``g_i(h_{i+1})``, or the gated teaching signal ``h_L^trgt`` for ``i = L`` (``h_L``
+        itself while a constant gate is off)."""
         if i < self.depth:
             return self.pathways.feedback_map(i, h[i + 1], P)
+        if isinstance(teach, (int, float)) and teach == 0:
+            return h[i]
         return drive.teaching.output_target(h[i], teach)
 
     def field(self, t, y, drive, P):
         """``dh_i/dt`` (6.1), then the rates of the model's other variables
         (:meth:`auxiliary_rates`), in layout order."""
-        parts = self.layout.unpack(y)
-        h = [drive.x] + parts[self.activity]
-        others = self.auxiliary_rates(t, parts, drive)
-        return torch.cat(self.somatic_rates(t, h, drive, P)
-                         + [r for v in self._others for r in others[v]], dim=-1)
+        return self.rates(t, y, drive, P, self.layout.variables)
 
     def auxiliary_rates(self, t, parts, drive) -> dict:
         """``{variable: per-layer rates}`` of the state variables beyond the activity, from
@@ -108,12 +108,17 @@ class MixingNetwork(NetworkModel):
         return [v for v in self.layout.variables if v != self.activity]
 
     def rates(self, t, y, drive, P, variables):
-        """As :meth:`NetworkModel.rates`; without the activity, only :meth:`auxiliary_rates`
-        is evaluated."""
+        """As :meth:`NetworkModel.rates`: (6.1) only when the activity is named,
+        :meth:`auxiliary_rates` only when another variable is."""
+        parts = self.layout.unpack(y)
+        blocks = []
         if self.activity in variables:
-            return super().rates(t, y, drive, P, variables)
-        others = self.auxiliary_rates(t, self.layout.unpack(y), drive)
-        return torch.cat([r for v in self._others if v in variables for r in others[v]], dim=-1)
+            blocks += self.somatic_rates(t, [drive.x] + parts[self.activity], drive, P)
+        moving = [v for v in self._others if v in variables]
+        if moving:
+            others = self.auxiliary_rates(t, parts, drive)
+            blocks += [r for v in moving for r in others[v]]
+        return torch.cat(blocks, dim=-1)
 
     def relaxation(self, t, y, drive, P, step, variables=None):
         """A map whose fixed points are the equilibria: the activity by one :meth:`layer_sweep`,

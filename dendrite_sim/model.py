@@ -38,6 +38,8 @@ class Drive:
     ``gates(t)`` returns a dict of named gate values (floats or 0-d tensors); a missing gate
     takes the default given to :meth:`gate`. ``breakpoints`` are the times where gates jump:
     the integrator restarts there so adaptive steps never straddle a switch.
+    ``example_gates`` ``{name: (B, 1) tensor}`` gives a gate one constant value per example
+    instead (it overrides ``gates``; only for models with ``gates_per_example``).
     """
 
     x: torch.Tensor
@@ -45,8 +47,11 @@ class Drive:
     gates: Callable[[float], dict] = _no_gates
     breakpoints: tuple = ()
     extras: dict = field(default_factory=dict)
+    example_gates: dict = field(default_factory=dict)
 
     def gate(self, name: str, t, default: float = 1.0):
+        if name in self.example_gates:
+            return self.example_gates[name]
         return self.gates(t).get(name, default)
 
     @property
@@ -69,8 +74,10 @@ class Drive:
         return replace(self, gates=gates)
 
     def subset(self, index: torch.Tensor) -> "Drive":
-        """The drive of the examples ``index`` of the batch (gates are shared)."""
-        return replace(self, x=self.x[index], teaching=self.teaching.subset(index))
+        """The drive of the examples ``index`` of the batch (gates are shared, per-example
+        gates follow their examples)."""
+        return replace(self, x=self.x[index], teaching=self.teaching.subset(index),
+                       example_gates={k: v[index] for k, v in self.example_gates.items()})
 
 
 class NetworkModel:
@@ -91,6 +98,10 @@ class NetworkModel:
     picard_relaxation = True
     #: parameter names the model has plasticity rules for (subset of ``params``)
     plastic_params: tuple[str, ...] = ()
+    #: whether :meth:`field` and :meth:`relaxation` accept gates given per example
+    #: (``Drive.example_gates``, ``(B, 1)`` tensors broadcast over each example's units); the
+    #: quasi-static learner then solves two phases' equilibria as one batch
+    gates_per_example = False
 
     sizes: list[int]
     layout: Layout

@@ -85,8 +85,7 @@ class Pathways:
     # -- maps -------------------------------------------------------------------------------
     def preactivation(self, i: int, h_prev, P):
         """``a_i = W_i h_{i-1} + b_i`` for a batch ``(B, n_{i-1})``."""
-        W, b = P["W"][i - 1], P["b"][i - 1]
-        return h_prev @ W.T if b is None else torch.addmm(b, h_prev, W.T)
+        return torch.nn.functional.linear(h_prev, P["W"][i - 1], P["b"][i - 1])
 
     def forward(self, i: int, h_prev, P):
         """``f_i(h_{i-1}) = s_i(a_i)`` (6.2)."""
@@ -109,7 +108,7 @@ class Pathways:
         if self.form == "classic":
             g = self.transfers[i - 1](y @ Q.T)
         else:
-            g = self.backward_input(i, y, P) @ Q.T
+            g = torch.nn.functional.linear(self.backward_input(i, y, P), Q)
         return g if c == 1.0 else c * g
 
     def feedback_gradient(self, i: int, y, h_i, P):

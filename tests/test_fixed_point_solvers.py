@@ -89,6 +89,24 @@ def test_layer_sweep_is_bottom_up_gauss_seidel():
     torch.testing.assert_close(swept, torch.cat(h[1:], -1), rtol=1e-13, atol=1e-13)
 
 
+def test_residual_at_the_sweep_image_is_the_feedback_change():
+    """At the image ``G(y)`` of one layer sweep the forward part of (6.1) is satisfied
+    exactly, so ``tau F(G(y))_i = mu (g_i(G(y)_{i+1}) - g_i(y_{i+1}))`` (the teaching signal at
+    the top): why Anderson returns ``G`` of its best iterate for the sweep map."""
+    model, x, target = _problem()
+    model.tau = 0.5
+    gen = torch.Generator().manual_seed(4)
+    drive, P = model.drive(x, target), model.prepare(model.params)
+    y = model.initial_state(drive, P) + 0.05 * torch.randn(x.shape[0], model.state_size,
+                                                           dtype=F64, generator=gen)
+    image = model.relaxation(0.0, y, drive, P, model.tau)
+    apical = [torch.cat(model.apical(0.0, [x] + model.layers(v), drive, P), -1)
+              for v in (image, y)]
+    lhs = model.tau * model.field(0.0, image, drive, P)
+    torch.testing.assert_close(lhs, model.mu * (apical[0] - apical[1]), rtol=0, atol=1e-14)
+    assert float(lhs.abs().max()) < 0.5 * float((image - y).abs().max())
+
+
 def test_sweep_fixes_the_equilibrium_and_saves_evaluations():
     """The sweep's fixed point is the equilibrium the Picard map finds; the reported residual
     is the true max |dy/dt|; and Anderson mixing needs fewer evaluations on the sweep (measured

@@ -13,6 +13,8 @@ Sign convention used for (6.36) (from (6.31), (6.33), ``e_L = dLoss/dh_L``)::
 
 and for the mixture (6.16)/(6.22): ``h*_i - f_i(h*_{i-1}) ~ -eta_hat (...) [prod J_g] e_L``.
 """
+import dataclasses
+
 import numpy as np
 import scipy.linalg
 import pytest
@@ -236,6 +238,50 @@ def test_quasi_static_end_state_false_skips_only_the_last_solve():
     for name in ("W", "b", "Q"):
         for p, q in zip(lean.params[name], full.params[name]):
             assert (p is None and q is None) or torch.equal(p, q)
+
+
+def test_paired_solve_equals_phase_by_phase_solves():
+    """With gates per example, the free phase's re-solve and the learning phase's equilibrium
+    are one batch of 2B (``_equilibrate_pair``); without, they are solved one after the other
+    from different starting points. Same equilibria, so the same weights and states up to
+    the solver tolerance (1e-10), and fewer evaluations."""
+    model = TwoPhaseDTP([3, 4, 4, 2], mu=0.1, dtype=F64, seed=2, eta=0.05, eta_inv=0.05)
+    plain = model.replace(gates_per_example=False)
+    x, y = batch(5, 3, 3), batch(5, 2, 4)
+    sched = Schedule.two_phase(8.0, 6.0)
+    runs = [present(m, x, Nudge(y, "mse", 0.5), sched, params=noisy_feedback(model, 0.3))
+            for m in (model, plain)]
+    for name in ("W", "b", "Q"):
+        for p, q, p0 in zip(runs[0].params[name], runs[1].params[name], model.params[name]):
+            if p is not None:
+                assert float((p - p0).abs().max()) > 1e-4       # the weights did move
+                torch.testing.assert_close(p, q, rtol=0, atol=1e-9)
+    for phase in ("free", "learn"):
+        torch.testing.assert_close(runs[0].phase_states[phase], runs[1].phase_states[phase],
+                                   rtol=0, atol=1e-9)
+    assert runs[0].nfev < runs[1].nfev
+
+
+def test_per_example_gates_equal_separate_drives():
+    """A drive whose gates differ per example gives, example by example, the field and the
+    layer sweep of the drive with those gates; subsets keep the gates with their examples."""
+    model = TwoPhaseDTP([3, 4, 4, 2], mu=0.2, dtype=F64, seed=3)
+    x, y = batch(4, 3, 5), batch(4, 2, 6)
+    state = torch.randn(8, model.state_size, dtype=F64, generator=torch.Generator().manual_seed(1))
+    P = model.prepare(model.params)
+    on, off = {"teach": 1.0, "trace": 0.0}, {"teach": 0.0, "trace": 1.0}
+    base = model.drive(torch.cat([x, x]), Nudge(torch.cat([y, y]), "mse", 0.5))
+    mixed = dataclasses.replace(base, example_gates={
+        n: torch.tensor([[on[n]]] * 4 + [[off[n]]] * 4, dtype=F64) for n in on})
+    for gates, rows in ((on, slice(0, 4)), (off, slice(4, 8))):
+        single = model.drive(x, Nudge(y, "mse", 0.5), lambda t, g=gates: g)
+        torch.testing.assert_close(model.field(0.0, state, mixed, P)[rows],
+                                   model.field(0.0, state[rows], single, P), rtol=0, atol=1e-15)
+        torch.testing.assert_close(model.relaxation(0.0, state, mixed, P, 1.0)[rows],
+                                   model.relaxation(0.0, state[rows], single, P, 1.0),
+                                   rtol=0, atol=1e-15)
+    pick = torch.tensor([5, 1])
+    assert mixed.subset(pick).example_gates["teach"].flatten().tolist() == [0.0, 1.0]
 
 
 class TraceNotSlow(TwoPhaseDTP):
