@@ -89,7 +89,7 @@ class MixingNetwork(NetworkModel):
         itself while a constant gate is off)."""
         if i < self.depth:
             return self.pathways.feedback_map(i, h[i + 1], P)
-        if isinstance(teach, (int, float)) and teach == 0:
+        if _off(teach):
             return h[i]
         return drive.teaching.output_target(h[i], teach)
 
@@ -168,6 +168,9 @@ class MixingNetwork(NetworkModel):
         """``dW_i/dt = -eta_i <D_{s_i} e_i h_{i-1}^T>`` and ``db_i/dt = -eta_i <D_{s_i} e_i>``
         for ``errors = [e_1, ..., e_L]``, ``D_{s_i}`` at ``W_i h_{i-1} + b_i``."""
         gate = drive.gate("plastic_W", t)
+        if _off(gate):
+            return {"W": [torch.zeros_like(w) for w in P["W"]],
+                    "b": [None if b is None else torch.zeros_like(b) for b in P["b"]]}
         rates = {"W": [], "b": []}
         for i, e in enumerate(errors, start=1):
             a = self.pathways.preactivation(i, h[i - 1], P)
@@ -181,11 +184,18 @@ class MixingNetwork(NetworkModel):
         """(6.26)/(6.37): ``-eta_inv [(g_i(h_{i+1}) - h_i) t_i(h_{i+1})^T + lambda Q_i]``
         (inverse form; the classic form uses the chain rule, ``Pathways.feedback_gradient``)."""
         gate = drive.gate("plastic_Q", t)
+        if _off(gate):
+            return [torch.zeros_like(q) for q in P["Q"]]
         out = []
         for i in range(1, self.depth):
             data = self.pathways.feedback_gradient(i, h[i + 1], h[i], P) / drive.batch_size
             out.append(-gate * self.eta_inv * (data + self.weight_decay * P["Q"][i - 1]))
         return out
+
+
+def _off(gate) -> bool:
+    """A gate that is a plain number 0 (a rule switched off: its rates are zero, unevaluated)."""
+    return isinstance(gate, (int, float)) and gate == 0
 
 
 def layer_rates(eta, depth, mu, compensate):
