@@ -125,10 +125,13 @@ def integrate_drive(model, drive: Drive, t, y0, params, *, method="dopri5", rtol
                     options=None):
     """Integrate from ``y0`` over the grid ``t`` (restarting at breakpoints).
 
+    ``plastic``: ``False``, ``True`` (every plastic parameter of the model is ODE state) or a
+    collection of parameter names (only those; the others are held).
     Returns ``(ys (T, B, N), final params, nfev)``. Engine-level entry point used by
     :func:`simulate` and by the training loop.
     """
-    names = tuple(n for n in model.plastic_params if n in params) if plastic else ()
+    names = tuple(n for n in model.plastic_params if n in params
+                  and (plastic is True or (plastic is not False and n in plastic)))
     opts = dict(options or {})
     if step_size is not None:
         opts["step_size"] = step_size

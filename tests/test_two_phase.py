@@ -202,6 +202,29 @@ def test_coupled_trace_holds_exactly_and_params_untouched():
                 assert (p is None and q is None) or torch.equal(p, q)
 
 
+def test_coupled_phase_holds_the_groups_it_does_not_make_plastic():
+    """Coupled mode integrates per phase only the groups the phase makes plastic (``Q`` in
+    the free phase, ``W, b`` in the learning phase); the rest have zero rates there. Holding
+    them gives the solution of the full ODE: against one integration of every weight over
+    the whole schedule (``integrate_drive(..., plastic=True)`` with the schedule's gates)."""
+    from dendrite_sim.integrate import integrate_drive
+    model = TwoPhaseDTP([3, 4, 4, 2], mu=0.1, dtype=F64, seed=2, eta=0.05, eta_inv=0.05)
+    x, y = batch(3, 3, 3), batch(3, 2, 4)
+    sched = Schedule.two_phase(5.0, 4.0)
+    tight = dict(rtol=1e-10, atol=1e-12)
+    per_phase = present(model, x, Nudge(y, "mse", 0.5), sched, mode="coupled", **tight)
+    drive = model.drive(x, Nudge(y, "mse", 0.5), sched.gates, sched.breakpoints)
+    t = torch.tensor(sched.boundaries, dtype=F64)
+    ys, whole, _ = integrate_drive(model, drive, t, model.initial_state(drive, model.params),
+                                   model.params, plastic=True, **tight)
+    for name in ("W", "b", "Q"):
+        for p, q, p0 in zip(per_phase.params[name], whole[name], model.params[name]):
+            if p is not None:
+                assert float((q - p0).abs().max()) > 1e-5        # the weights did move
+                torch.testing.assert_close(p, q, rtol=0, atol=1e-9)
+    torch.testing.assert_close(per_phase.phase_states["learn"], ys[-1], rtol=0, atol=1e-9)
+
+
 def test_quasi_static_trace_relaxes_in_closed_form():
     """Free phase shorter than the trace settles (T_free = 1.5 T_z), no plasticity: the
     quasi-static end trace is ``h^f + exp(-T_free/T_z) (z0 - h^f)`` with ``z0`` the forward
