@@ -141,15 +141,15 @@ def _anderson(residual, y, F, tol, max_iter, step, memory=5, patience=5, rho=0.7
     by ``rho`` or better per iteration, measured over the last two iterations (``rho^2`` in two:
     a single iteration is erratic, e.g. the sweep's first step on the trained digits network
     shrinks the residual 0.5-0.67x where the next ones shrink it 0.3x), the map is iterated
-    plainly: the history is recorded, the mixing skipped. Mixing starts at the first slower pair
-    of iterations. On a map that contracts well mixing does not pay: on the digits network it
-    saved 8 % of the sweeps and cost ~40 % of a sweep per iteration (training epochs 11-15 %
-    faster without it). An example stops when ``max |r| / step <= tol`` (in the units of ``F``;
-    equal to ``max |F|`` for the Picard map), turns non-finite, or finds no new best in
-    ``patience`` iterations. For the Picard map each example returns its best iterate ``y``, and
-    ``F`` is the map residual over ``step``. For any other map it returns the map's image
-    ``G(y)`` of its best iterate, and ``F`` is evaluated there once at the end: for the layer
-    sweep ``tau F(G(y))_i = mu (g_i(G(y)_{i+1}) - g_i(y_{i+1}))``, only the change of the
+    plainly, without history. Mixing starts at the first slower pair of iterations, with the
+    history recorded from then on. On a map that contracts well mixing does not pay: on the
+    digits network it saved 8 % of the sweeps and cost ~40 % of a sweep per iteration (training
+    epochs 11-15 % faster without it). An example stops when ``max |r| / step <= tol`` (in the
+    units of ``F``; equal to ``max |F|`` for the Picard map), turns non-finite, or finds no new
+    best in ``patience`` iterations. For the Picard map each example returns its best iterate
+    ``y``, and ``F`` is the map residual over ``step``. For any other map it returns the map's
+    image ``G(y)`` of its best iterate, and ``F`` is evaluated there once at the end: for the
+    layer sweep ``tau F(G(y))_i = mu (g_i(G(y)_{i+1}) - g_i(y_{i+1}))``, only the change of the
     feedback input, about ``mu`` times the map residual, where ``tau F(y)`` carries the forward
     change as well and can exceed the map residual (measured: examples stopped at ``max |r| <=
     tol`` with ``max |F| = 1.2 tol``, sent on to Newton–Krylov at ~15x the cost of the solve).
@@ -164,10 +164,9 @@ def _anderson(residual, y, F, tol, max_iter, step, memory=5, patience=5, rho=0.7
     fa = ga - ya
     best, since_best, y_best, f_best = (_norm(fa), torch.zeros_like(touched),
                                         ga if image else ya, fa)
-    d_f = ya.new_empty(idx.numel(), memory, ya.shape[-1])   # only filled slots are read
-    d_g = torch.empty_like(d_f)
-    iterations, limit, mixing, res, previous = 0, tol * step, False, best, best
-    keep = best > limit
+    iterations, limit, res, previous = 0, tol * step, best, best
+    d_f = d_g = None                  # ring buffers of the history, once mixing has started
+    recorded, keep = 0, best > limit
     while iterations < max_iter:
         active = int(keep.sum())
         if active == 0:
@@ -177,21 +176,26 @@ def _anderson(residual, y, F, tol, max_iter, step, memory=5, patience=5, rho=0.7
             idx, ya, ga, fa, res, previous, best, since_best, y_best, f_best = (
                 v[keep] for v in (idx, ya, ga, fa, res, previous, best, since_best, y_best,
                                   f_best))
-            d_f, d_g, sub = d_f[keep], d_g[keep], residual.subset(idx)
-        filled = min(iterations, memory)
+            sub = residual.subset(idx)
+            if d_f is not None:
+                d_f, d_g = d_f[keep], d_g[keep]
         new = ga
-        if mixing and filled:
+        if recorded:
+            filled = min(recorded, memory)
             gamma = _mixing_coefficients(d_f[:, :filled], fa)
             new = torch.baddbmm(ga[:, None], gamma[:, None], d_g[:, :filled], alpha=-1)[:, 0]
         gn = sub.relax(new, step)
-        fn, slot = gn - new, iterations % memory
-        torch.sub(fn, fa, out=d_f[:, slot])
-        torch.sub(gn, ga, out=d_g[:, slot])
+        fn = gn - new
+        if d_f is not None:
+            torch.sub(fn, fa, out=d_f[:, recorded % memory])
+            torch.sub(gn, ga, out=d_g[:, recorded % memory])
+            recorded += 1
         ya, ga, fa, earlier, previous, iterations = new, gn, fn, previous, res, iterations + 1
         res = _norm(fn)
-        if not mixing and iterations > 1:
-            mixing = bool((~(res <= rho * rho * earlier)).any())
-        if not mixing:      # every example shrinks by rho: this iterate is each one's best
+        if d_f is None and iterations > 1 and bool((~(res <= rho * rho * earlier)).any()):
+            d_f = fn.new_empty(fn.shape[0], memory, fn.shape[-1])  # only filled slots are read
+            d_g = torch.empty_like(d_f)
+        if d_f is None:     # every example shrinks by rho: this iterate is each one's best
             best, y_best, f_best = res, gn if image else ya, fa
             keep = res > limit
             continue

@@ -103,7 +103,9 @@ def _add(start, displacements):
 
 
 def _flatten_rates(rates, params, names):
-    return [rates[n][k] for n, k in _plastic_slots(params, names)]
+    """The rates of the integrated parameters; a rule switched off (``None``) is zero."""
+    return [torch.zeros_like(params[n][k]) if rates[n][k] is None else rates[n][k]
+            for n, k in _plastic_slots(params, names)]
 
 
 def _check_finite(y, t_end, max_abs):

@@ -169,8 +169,7 @@ class MixingNetwork(NetworkModel):
         for ``errors = [e_1, ..., e_L]``, ``D_{s_i}`` at ``W_i h_{i-1} + b_i``."""
         gate = drive.gate("plastic_W", t)
         if _off(gate):
-            return {"W": [torch.zeros_like(w) for w in P["W"]],
-                    "b": [None if b is None else torch.zeros_like(b) for b in P["b"]]}
+            return {"W": [None] * self.depth, "b": [None] * self.depth}
         rates = {"W": [], "b": []}
         for i, e in enumerate(errors, start=1):
             a = self.pathways.preactivation(i, h[i - 1], P)
@@ -185,7 +184,7 @@ class MixingNetwork(NetworkModel):
         (inverse form; the classic form uses the chain rule, ``Pathways.feedback_gradient``)."""
         gate = drive.gate("plastic_Q", t)
         if _off(gate):
-            return [torch.zeros_like(q) for q in P["Q"]]
+            return [None] * (self.depth - 1)
         out = []
         for i in range(1, self.depth):
             data = self.pathways.feedback_gradient(i, h[i + 1], h[i], P) / drive.batch_size
@@ -194,7 +193,8 @@ class MixingNetwork(NetworkModel):
 
 
 def _off(gate) -> bool:
-    """A gate that is a plain number 0 (a rule switched off: its rates are zero, unevaluated)."""
+    """A gate that is a plain number 0: the rule is switched off, its rates are ``None`` (zero,
+    not evaluated)."""
     return isinstance(gate, (int, float)) and gate == 0
 
 

@@ -138,8 +138,8 @@ def test_gates_switch_rules_off():
     x = batch(3, 2, 0)
     drive = model.drive(x, None, lambda t: {"plastic_W": 0.0, "plastic_Q": 0.0, "trace": 0.0})
     y = model.initial_state(drive, model.params) + 0.1
-    rates = model.plasticity(0.0, y, drive, model.params)
-    assert all(bool((r == 0).all()) for name in ("W", "Q") for r in rates[name])
+    rates = model.plasticity(0.0, y, drive, model.params)       # switched off: None (zero)
+    assert all(r is None for name in ("W", "b", "Q") for r in rates[name])
     assert bool((model.field(0.0, y, drive, model.params)[:, 8:] == 0).all())
 
 
