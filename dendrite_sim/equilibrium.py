@@ -138,22 +138,22 @@ def _anderson(residual, y, F, tol, max_iter, step, memory=5, patience=5, rho=0.7
     The last ``memory`` differences of the map residual ``r = G(y) - y`` and of ``G`` are kept
     in ring buffers ``(B, memory, N)``; each iteration mixes them with the coefficients of
     :func:`_mixing_coefficients`. Plain start: while every active example's ``max |r|`` shrinks
-    by ``rho`` or better per iteration, measured over the last two iterations (``rho^2`` in two:
-    a single iteration is erratic, e.g. the sweep's first step on the trained digits network
-    shrinks the residual 0.5-0.67x where the next ones shrink it 0.3x), the map is iterated
-    plainly, without history. Mixing starts at the first slower pair of iterations, with the
-    history recorded from then on. On a map that contracts well mixing does not pay: on the
-    digits network it saved 8 % of the sweeps and cost ~40 % of a sweep per iteration (training
-    epochs 11-15 % faster without it). An example stops when ``max |r| / step <= tol`` (in the
-    units of ``F``; equal to ``max |F|`` for the Picard map), turns non-finite, or finds no new
-    best in ``patience`` iterations. For the Picard map each example returns its best iterate
-    ``y``, and ``F`` is the map residual over ``step``. For any other map it returns the map's
-    image ``G(y)`` of its best iterate, and ``F`` is evaluated there once at the end: for the
-    layer sweep ``tau F(G(y))_i = mu (g_i(G(y)_{i+1}) - g_i(y_{i+1}))``, only the change of the
-    feedback input, about ``mu`` times the map residual, where ``tau F(y)`` carries the forward
-    change as well and can exceed the map residual (measured: examples stopped at ``max |r| <=
-    tol`` with ``max |F| = 1.2 tol``, sent on to Newton–Krylov at ~15x the cost of the solve).
-    Returns ``(y, F, iterations)``.
+    by ``rho`` or better per iteration, measured over pairs of iterations (``rho^2`` per pair,
+    checked after every second one: a single iteration is erratic, e.g. the sweep's first step
+    on the trained digits network shrinks the residual 0.5-0.67x where the next ones shrink it
+    0.3x), the map is iterated plainly, without history. Mixing starts after the first slower
+    pair, with the history recorded from then on. On a map that contracts well mixing does not
+    pay: on the digits network it saved 8 % of the sweeps and cost ~40 % of a sweep per
+    iteration (training epochs 11-15 % faster without it). An example stops when ``max |r| /
+    step <= tol`` (in the units of ``F``; equal to ``max |F|`` for the Picard map), turns
+    non-finite, or finds no new best in ``patience`` iterations. For the Picard map each example
+    returns its best iterate ``y``, and ``F`` is the map residual over ``step``. For any other
+    map it returns the map's image ``G(y)`` of its best iterate, and ``F`` is evaluated there
+    once at the end: for the layer sweep ``tau F(G(y))_i = mu (g_i(G(y)_{i+1}) -
+    g_i(y_{i+1}))``, only the change of the feedback input, about ``mu`` times the map residual,
+    where ``tau F(y)`` carries the forward change as well and can exceed the map residual
+    (measured: examples stopped at ``max |r| <= tol`` with ``max |F| = 1.2 tol``, sent on to
+    Newton–Krylov at ~15x the cost of the solve). Returns ``(y, F, iterations)``.
     """
     y, F, touched = _start(y, F, tol)
     if touched.numel() == 0:
@@ -192,7 +192,7 @@ def _anderson(residual, y, F, tol, max_iter, step, memory=5, patience=5, rho=0.7
             recorded += 1
         ya, ga, fa, earlier, previous, iterations = new, gn, fn, previous, res, iterations + 1
         res = _norm(fn)
-        if d_f is None and iterations > 1 and bool((~(res <= rho * rho * earlier)).any()):
+        if d_f is None and iterations % 2 == 0 and bool((~(res <= rho * rho * earlier)).any()):
             d_f = fn.new_empty(fn.shape[0], memory, fn.shape[-1])  # only filled slots are read
             d_g = torch.empty_like(d_f)
         if d_f is None:     # every example shrinks by rho: this iterate is each one's best
