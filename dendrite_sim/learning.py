@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from dataclasses import dataclass
 
 import torch
@@ -274,9 +275,10 @@ def _relax_slow(model, drive, prepared, y, variables, t0, duration):
 
     A slow variable relaxes componentwise and linearly toward a value set by the activity,
     ``dv/dt = -k (v - v*)`` with a rate ``k >= 0`` per component (zero while it holds); the
-    activity does not depend on it. So ``k = F_v(v) - F_v(v + 1)`` from two evaluations of its
-    rates alone (``model.rates``),
-    ``v* = v + F_v(v) / k`` (``v`` where ``k = 0``), and over the phase::
+    activity does not depend on it. The model declares ``k`` and ``v*``
+    (:meth:`~dendrite_sim.model.NetworkModel.slow_relaxation`), or they are probed from two
+    evaluations of its rates alone (``model.rates``): ``k = F_v(v) - F_v(v + 1)``,
+    ``v* = v + F_v(v) / k`` (``v`` where ``k = 0``). Over the phase::
 
         v(D) = v* + exp(-k D) (v - v*),     mean_[0,D] v = v* + phi_1(-k D) (v - v*)
 
@@ -284,24 +286,50 @@ def _relax_slow(model, drive, prepared, y, variables, t0, duration):
     """
     if not variables:
         return y, y
+    declared = model.slow_relaxation(t0, y, drive)
     y_end, y_mean = y.clone(), y.clone()
     for v in variables:
         sl = model.layout.variable_slice(v)
-        shifted = y.clone()
-        shifted[:, sl] += 1.0
-        with torch.no_grad():
-            rate_now = model.rates(t0, y, drive, prepared, (v,))
-            k = rate_now - model.rates(t0, shifted, drive, prepared, (v,))
-        moving = k > 0
-        if not bool(moving.any()):            # held throughout (e.g. a trace gated off)
-            continue
-        rate = torch.where(moving, k, torch.ones_like(k))
-        gap = torch.where(moving, rate_now / rate, torch.zeros_like(rate))  # v* - v
-        kd = rate * duration
-        y_end[:, sl] = y[:, sl] + gap - torch.exp(-kd) * gap            # v* + e^{-kD}(v - v*)
-        phi = torch.where(moving, -torch.expm1(-kd) / kd, torch.ones_like(kd))
-        y_mean[:, sl] = y[:, sl] + gap - phi * gap
+        if declared is not None:
+            k, target = declared[v]
+            if not isinstance(k, torch.Tensor) and k == 0:
+                continue                        # held throughout (e.g. a trace gated off)
+            gap = target - y[:, sl]             # v* - v
+        else:
+            k, gap = _probe_relaxation(model, drive, prepared, y, v, sl, t0)
+            if k is None:
+                continue
+        to_end, to_mean = _relaxed_fractions(k, duration)
+        y_end[:, sl] = y[:, sl] + to_end * gap
+        y_mean[:, sl] = y[:, sl] + to_mean * gap
     return y_end, y_mean
+
+
+def _probe_relaxation(model, drive, prepared, y, v, sl, t0):
+    """``(k, v* - v)`` of the slow variable ``v`` from two evaluations of its rates; ``(None,
+    None)`` when it holds everywhere."""
+    shifted = y.clone()
+    shifted[:, sl] += 1.0
+    with torch.no_grad():
+        rate_now = model.rates(t0, y, drive, prepared, (v,))
+        k = rate_now - model.rates(t0, shifted, drive, prepared, (v,))
+    moving = k > 0
+    if not bool(moving.any()):
+        return None, None
+    return k, torch.where(moving, rate_now / torch.where(moving, k, 1.0), 0.0)
+
+
+def _relaxed_fractions(k, duration):
+    """The fractions of the gap ``v* - v`` covered at the end of a phase of ``duration`` and on
+    average over it, ``1 - e^{-kD}`` and ``1 - phi_1(-kD)``, for a rate ``k >= 0`` (a number
+    or a tensor; 0 where ``k = 0``)."""
+    if not isinstance(k, torch.Tensor):
+        kd = k * duration
+        return -math.expm1(-kd), 1.0 + math.expm1(-kd) / kd
+    moving = k > 0
+    kd = torch.where(moving, k, 1.0) * duration
+    return (torch.where(moving, -torch.expm1(-kd), 0.0),
+            torch.where(moving, 1.0 + torch.expm1(-kd) / kd, 0.0))
 
 
 def _copy_params(params) -> dict:

@@ -143,6 +143,14 @@ class NetworkModel:
         out = y + step * self.field(t, y, drive, prepared)
         return out if variables is None else self._columns(out, variables)
 
+    def slow_relaxation(self, t, y: torch.Tensor, drive: Drive):
+        """Optional, for the variables in ``slow_variables``: ``{variable: (k, target)}`` with
+        ``dv/dt = -k (v - target)``, ``k >= 0`` a number or a tensor broadcastable to the
+        variable's block ``(B, n_v)`` and ``target`` that block's value set by the activity in
+        ``y``. Default ``None``: the quasi-static learner probes ``k`` and the target from
+        :meth:`rates`."""
+        return None
+
     def initial_state(self, drive: Drive, prepared) -> torch.Tensor:
         """The state a presentation starts from, ``(B, N)`` (the mixing models: the forward
         pass for the activity, traces equal to it)."""

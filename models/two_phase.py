@@ -101,6 +101,11 @@ class TwoPhaseDTP(MixingNetwork):
         rate = drive.gate("trace", t) / self.trace_tau
         return {"z": [rate * (hi - zi) for hi, zi in zip(parts["h"], parts["z"])]}
 
+    def slow_relaxation(self, t, y, drive):
+        """The trace relaxes to the activity, ``dz/dt = -(trace(t) / T_z) (z - h)``."""
+        return {"z": (drive.gate("trace", t) / self.trace_tau,
+                      y[..., self.layout.variable_slice("h")])}
+
     def initial_state(self, drive, P):
         """Forward pass ``h_i = f_i(h_{i-1})``, and the trace equal to it (``z_i = h_i``)."""
         state = torch.cat(self.forward_pass(drive.x, P), dim=-1)

@@ -249,6 +249,33 @@ def test_quasi_static_trace_relaxes_in_closed_form():
         torch.testing.assert_close(zc, z, rtol=0, atol=2e-3)   # measured 4e-4
 
 
+def test_declared_trace_relaxation_matches_the_probed_one():
+    """``TwoPhaseDTP.slow_relaxation`` (rate ``trace/T_z``, target ``h``) gives the closed-form
+    end and mean states that probing the trace's rates gives, for the trace on, off, and on
+    per example."""
+    from dendrite_sim.learning import _relax_slow
+
+    class Probed(TwoPhaseDTP):
+        def slow_relaxation(self, t, y, drive):
+            return None
+
+    kw = dict(mu=0.1, dtype=F64, seed=2, trace_tau=1.5)
+    declared, probed = TwoPhaseDTP([3, 4, 4, 2], **kw), Probed([3, 4, 4, 2], **kw)
+    x = batch(4, 3, 3)
+    y = torch.randn(4, declared.state_size, dtype=F64, generator=torch.Generator().manual_seed(5))
+    P = declared.prepare(declared.params)
+    for trace in (1.0, 0.0, torch.tensor([[1.0], [0.0], [1.0], [0.5]], dtype=F64)):
+        drive = declared.drive(x, None, lambda t, g=trace: {"trace": g})
+        got = _relax_slow(declared, drive, P, y, ("z",), 0.0, 2.0)
+        want = _relax_slow(probed, drive, P, y, ("z",), 0.0, 2.0)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-13)
+    z, h = declared.layout.variable_slice("z"), declared.layout.variable_slice("h")
+    end, _ = _relax_slow(declared, declared.drive(x, None, lambda t: {"trace": 1.0}), P, y,
+                         ("z",), 0.0, 2.0)
+    torch.testing.assert_close(end[:, z], y[:, h] + np.exp(-2.0 / 1.5) * (y[:, z] - y[:, h]))
+
+
 def test_quasi_static_end_state_false_skips_only_the_last_solve():
     model = TwoPhaseDTP([3, 4, 4, 2], mu=0.1, dtype=F64, seed=2, eta=0.01, eta_inv=0.01)
     x, y = batch(3, 3, 3), batch(3, 2, 4)
