@@ -107,6 +107,9 @@ class Pathways:
         Q = P["Q"][i - 1]
         if self.form == "classic":
             g = self.transfers[i - 1](y @ Q.T)
+        elif "feedback_bias" in P:        # prepared: Q_i (s^{-1}(y) - b_{i+1}) in one product
+            g = torch.nn.functional.linear(self.transfers[i].inverse_unchecked(y), Q,
+                                           P["feedback_bias"][i - 1])
         else:
             g = torch.nn.functional.linear(self.backward_input(i, y, P), Q)
         return g if c == 1.0 else c * g
@@ -126,10 +129,15 @@ class Pathways:
         return (t_i @ Q.T - h_i).T @ t_i
 
     def prepare(self, params):
-        """Add the LU factors of each square ``W`` for exact feedback (unbatched solves only)."""
-        if self.feedback != "exact":
+        """Add the LU factors of each square ``W`` for exact feedback (unbatched solves only);
+        for learned feedback in the inverse form with biases, ``-Q_i b_{i+1}`` (the bias of
+        ``g_i``, so that :meth:`feedback_map` is one matrix product)."""
+        if self.feedback == "exact":
+            return {**params, "W_lu": [torch.linalg.lu_factor(w) for w in params["W"]]}
+        if self.form == "classic" or params["b"][0] is None:
             return params
-        return {**params, "W_lu": [torch.linalg.lu_factor(w) for w in params["W"]]}
+        return {**params, "feedback_bias": [-(q @ b) for q, b in zip(params["Q"],
+                                                                     params["b"][1:])]}
 
 
 def _check_sizes(sizes) -> list[int]:
