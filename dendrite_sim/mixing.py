@@ -147,7 +147,8 @@ class MixingNetwork(NetworkModel):
         """
         h, teach = list(h), drive.gate("teach", t)
         for i in range(1, self.depth + 1):
-            f = self.pathways.forward(i, h[i - 1], P)
+            f = self.pathways.forward(i, h[i - 1], P) if i > 1 else drive.remember(
+                "basal_1", (P["W"][0], P["b"][0]), lambda: self.pathways.forward(1, h[0], P))
             h[i] = torch.lerp(f, self._apical(i, h, drive, P, teach), self.mu)
         return h[1:]
 

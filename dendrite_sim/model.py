@@ -39,20 +39,35 @@ class Drive:
     takes the default given to :meth:`gate`. ``breakpoints`` are the times where gates jump:
     the integrator restarts there so adaptive steps never straddle a switch.
     ``example_gates`` ``{name: (B, 1) tensor}`` gives a gate one constant value per example
-    instead (it overrides ``gates``; only for models with ``gates_per_example``).
+    instead (it overrides ``gates``; only for models with ``gates_per_example``). ``memo`` holds
+    what a model computes from the drive and the parameters once per solve (e.g. the input
+    layer's basal drive); copies of the drive share it, so entries record the tensors they
+    were computed from (:meth:`remember`).
     """
 
     x: torch.Tensor
     teaching: Teaching
     gates: Callable[[float], dict] = _no_gates
     breakpoints: tuple = ()
-    extras: dict = field(default_factory=dict)
     example_gates: dict = field(default_factory=dict)
+    memo: dict = field(default_factory=dict, repr=False, compare=False)
 
     def gate(self, name: str, t, default: float = 1.0):
         if name in self.example_gates:
             return self.example_gates[name]
         return self.gates(t).get(name, default)
+
+    def remember(self, name: str, inputs: tuple, compute: Callable):
+        """``compute()``, memoised under ``name`` for as long as the tensors ``inputs`` are the
+        same objects, unmodified (``None`` entries allowed), and ``x`` is this drive's."""
+        key = (self.x,) + tuple(inputs)
+        versions = tuple(None if v is None else v._version for v in key)
+        hit = self.memo.get(name)
+        if hit is not None and hit[1] == versions and all(u is v for u, v in zip(hit[0], key)):
+            return hit[2]
+        value = compute()
+        self.memo[name] = (key, versions, value)
+        return value
 
     @property
     def batch_size(self) -> int:

@@ -89,6 +89,34 @@ def test_layer_sweep_is_bottom_up_gauss_seidel():
     torch.testing.assert_close(swept, torch.cat(h[1:], -1), rtol=1e-13, atol=1e-13)
 
 
+def test_drive_memo_follows_its_inputs():
+    """``Drive.remember`` recomputes when ``x`` or an input tensor is another object or was
+    modified in place, and the sweep's memoised input layer equals a fresh computation."""
+    model, x, target = _problem()
+    drive, P = model.drive(x, target), model.prepare(model.params)
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return model.pathways.forward(1, x, P)
+
+    W = P["W"][0]
+    first = drive.remember("basal_1", (W, P["b"][0]), compute)
+    drive.remember("basal_1", (W, P["b"][0]), compute)
+    assert len(calls) == 1
+    drive.remember("basal_1", (W.clone(), P["b"][0]), compute)          # another object
+    W.mul_(1.0)                                                           # modified in place
+    drive.remember("basal_1", (W, P["b"][0]), compute)
+    drive.subset(torch.tensor([0, 1])).remember("basal_1", (W, P["b"][0]), compute)
+    assert len(calls) == 4
+    torch.testing.assert_close(first, model.pathways.forward(1, x, P), rtol=0, atol=0)
+    y = torch.randn(x.shape[0], model.state_size, dtype=F64,
+                    generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(model.relaxation(0.0, y, drive, P, 1.0),
+                               model.relaxation(0.0, y, model.drive(x, target), P, 1.0),
+                               rtol=0, atol=0)
+
+
 def test_residual_at_the_sweep_image_is_the_feedback_change():
     """At the image ``G(y)`` of one layer sweep the forward part of (6.1) is satisfied
     exactly, so ``tau F(G(y))_i = mu (g_i(G(y)_{i+1}) - g_i(y_{i+1}))`` (the teaching signal at
