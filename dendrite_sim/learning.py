@@ -194,11 +194,11 @@ def _quasi_static(model, x, target, schedule, params, tol, max_iter, end_state):
             y_star, ahead = (view.embed(view.restrict(ahead)) if held else ahead), None
         y, y_mean = _relax_slow(model, drive, prepared, y_star, slow, t0, phase.duration)
         rates = model.plasticity(t0, y_mean, drive, prepared)
-        params, changed = _euler_step(model, params, rates, phase.duration)
+        params = _euler_step(model, params, rates, phase.duration)
         last = k == len(phases) - 1
         if last and not end_state:
             break
-        if changed:  # the phase ends at the equilibrium of the weights it ends with
+        if _moving(model, rates):  # the phase ends at the equilibrium of its end weights
             prepared = model.prepare(params)
             if pair and not last:
                 y_star, ahead, eq = _equilibrate_pair(view, y_star, drive, phases[k + 1],
@@ -214,16 +214,20 @@ def _quasi_static(model, x, target, schedule, params, tol, max_iter, end_state):
 
 
 def _euler_step(model, params, rates, duration):
-    """``theta + duration * dtheta/dt`` for the plastic groups; also whether any rate is
-    non-zero (new lists, the input untouched)."""
-    params, changed = dict(params), False
+    """``theta + duration * dtheta/dt`` for the plastic groups (new lists, the input
+    untouched)."""
+    params = dict(params)
     for name in model.plastic_params:
-        if name not in params or name not in rates:
-            continue
-        params[name] = [p if p is None or r is None else p + duration * r
-                        for p, r in zip(params[name], rates[name])]
-        changed |= any(r is not None and bool((r != 0).any()) for r in rates[name])
-    return params, changed
+        if name in params and name in rates:
+            params[name] = [p if p is None or r is None else p + duration * r
+                            for p, r in zip(params[name], rates[name])]
+    return params
+
+
+def _moving(model, rates) -> bool:
+    """Whether any plastic group has a non-zero rate."""
+    return any(r is not None and bool((r != 0).any())
+               for name in model.plastic_params for r in rates.get(name) or ())
 
 
 def _equilibrate(view, y, drive, params, prepared, solve):
