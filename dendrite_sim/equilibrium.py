@@ -146,14 +146,16 @@ def _anderson(residual, y, F, tol, max_iter, step, memory=5, patience=5, rho=0.7
     pay: on the digits network it saved 8 % of the sweeps and cost ~40 % of a sweep per
     iteration (training epochs 11-15 % faster without it). An example stops when ``max |r| /
     step <= tol`` (in the units of ``F``; equal to ``max |F|`` for the Picard map), turns
-    non-finite, or finds no new best in ``patience`` iterations. For the Picard map each example
-    returns its best iterate ``y``, and ``F`` is the map residual over ``step``. For any other
-    map it returns the map's image ``G(y)`` of its best iterate, and ``F`` is evaluated there
-    once at the end: for the layer sweep ``tau F(G(y))_i = mu (g_i(G(y)_{i+1}) -
-    g_i(y_{i+1}))``, only the change of the feedback input, about ``mu`` times the map residual,
-    where ``tau F(y)`` carries the forward change as well and can exceed the map residual
-    (measured: examples stopped at ``max |r| <= tol`` with ``max |F| = 1.2 tol``, sent on to
-    Newton–Krylov at ~15x the cost of the solve). Returns ``(y, F, iterations)``.
+    non-finite, or finds no new best in ``patience`` iterations; it is then frozen, and the
+    batch is compacted to the live examples once at most half of it is live (a compaction costs
+    about as much as the frozen examples' iterations). For the Picard map each example returns
+    its best iterate ``y``, and ``F`` is the map residual over ``step``. For any other map it
+    returns the map's image ``G(y)`` of its best iterate, and ``F`` is evaluated there once at
+    the end: for the layer sweep ``tau F(G(y))_i = mu (g_i(G(y)_{i+1}) - g_i(y_{i+1}))``, only
+    the change of the feedback input, about ``mu`` times the map residual, where ``tau F(y)``
+    carries the forward change as well and can exceed the map residual (measured: examples
+    stopped at ``max |r| <= tol`` with ``max |F| = 1.2 tol``, sent on to Newton–Krylov at ~15x
+    the cost of the solve). Returns ``(y, F, iterations)``.
     """
     y, F, touched = _start(y, F, tol)
     if touched.numel() == 0:
@@ -172,7 +174,7 @@ def _anderson(residual, y, F, tol, max_iter, step, memory=5, patience=5, rho=0.7
         active = int(keep.sum())
         if active == 0:
             break
-        if active < idx.numel():
+        if 2 * active <= idx.numel():                       # compact to the live examples
             y[idx], F[idx] = y_best, f_best / step
             idx, ya, ga, fa, res, previous, best, since_best, y_best, f_best = (
                 v[keep] for v in (idx, ya, ga, fa, res, previous, best, since_best, y_best,
@@ -180,6 +182,8 @@ def _anderson(residual, y, F, tol, max_iter, step, memory=5, patience=5, rho=0.7
             sub = residual.subset(idx)
             if d_f is not None:
                 d_f, d_g = d_f[keep], d_g[keep]
+            keep = keep[keep]
+        finished = active < idx.numel()                     # still in the batch, frozen
         new = ga
         if recorded:
             filled = min(recorded, memory)
@@ -193,19 +197,22 @@ def _anderson(residual, y, F, tol, max_iter, step, memory=5, patience=5, rho=0.7
             recorded += 1
         ya, ga, fa, earlier, previous, iterations = new, gn, fn, previous, res, iterations + 1
         res = _norm(fn)
-        if d_f is None and iterations % 2 == 0 and bool((~(res <= rho * rho * earlier)).any()):
+        if d_f is None and iterations % 2 == 0 and bool((keep & ~(res <= rho * rho * earlier))
+                                                        .any()):
             d_f = fn.new_empty(fn.shape[0], memory, fn.shape[-1])  # only filled slots are read
             d_g = torch.empty_like(d_f)
-        if d_f is None:     # every example shrinks by rho: this iterate is each one's best
+        if d_f is None and not finished:  # every example shrinks by rho: each one's best
             best, y_best, f_best = res, gn if image else ya, fa
             keep = res > limit
             continue
-        better = res < best                               # False for NaN
+        better = keep & (res < best) if d_f is not None else keep    # False for NaN
         best = torch.where(better, res, best)
-        since_best = torch.where(better, 0, since_best + 1)
         y_best = torch.where(better[:, None], gn if image else ya, y_best)
         f_best = torch.where(better[:, None], fa, f_best)
-        keep = (res > limit) & (since_best < patience)    # NaN stops at once
+        if d_f is not None:
+            since_best = torch.where(better, 0, since_best + 1)
+            keep = keep & (since_best < patience)
+        keep = keep & (res > limit)                          # NaN stops at once
     y[idx], F[idx] = y_best, f_best / step
     if image:                                             # the map residual is not F
         F[touched] = (residual if whole else residual.subset(touched))(y[touched])
