@@ -174,7 +174,8 @@ def _constant(gates: dict):
 def _quasi_static(model, x, target, schedule, params, tol, max_iter, end_state):
     params = _copy_params(params)
     base = model.drive(x, target)                        # validated once
-    y = model.initial_state(base, model.prepare(params))
+    prepared = model.prepare(params)                     # again whenever the weights move
+    y = model.initial_state(base, prepared)
     slow = tuple(v for v in getattr(model, "slow_variables", ()) if v in model.layout.variables)
     others = [v for v in model.layout.variables if v != model.activity and v not in slow]
     pair = model.gates_per_example and not others
@@ -183,7 +184,6 @@ def _quasi_static(model, x, target, schedule, params, tol, max_iter, end_state):
     t0 = 0.0
     for k, phase in enumerate(phases):
         drive = dataclasses.replace(base, gates=_constant(phase.gates))
-        prepared = model.prepare(params)
         held = slow + tuple(v for v in (frozen_variables(model, drive, prepared, y, t0)
                                         if others else ()) if v not in slow)
         view = Frozen(model, held, y) if held else model
