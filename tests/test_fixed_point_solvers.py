@@ -87,6 +87,12 @@ def test_layer_sweep_is_bottom_up_gauss_seidel():
     drive = model.drive(x, target)
     swept = model.relaxation(0.0, y, drive, model.prepare(model.params), 1.0)
     torch.testing.assert_close(swept, torch.cat(h[1:], -1), rtol=1e-13, atol=1e-13)
+    # output short-circuited: the top layer solves h_3 = (1-mu) f_3 + mu h_3 exactly, f_3
+    free = model.relaxation(0.0, y, model.drive(x, target, lambda t: {"teach": 0.0}),
+                            model.prepare(model.params), 1.0)
+    torch.testing.assert_close(free[:, :48], swept[:, :48], rtol=0, atol=0)
+    torch.testing.assert_close(free[:, 48:], leaky(h[2] @ W[2].T + b[2]), rtol=1e-13,
+                               atol=1e-13)
 
 
 def test_drive_memo_follows_its_inputs():
