@@ -161,8 +161,8 @@ def _anderson(residual, y, F, tol, max_iter, step, memory=5, patience=5, rho=0.7
     if touched.numel() == 0:
         return y, F, 0
     image = not residual.picard                      # return G(y_best), not y_best
-    whole = touched.numel() == y.shape[0]            # every example: no subset needed
-    idx, sub, ya = touched, residual if whole else residual.subset(touched), y[touched]
+    sub = residual if touched.numel() == y.shape[0] else residual.subset(touched)
+    idx, touched_residual, ya = touched, sub, y[touched]
     ga = sub.relax(ya, step, F[touched])
     fa = ga - ya
     best, since_best, y_best, f_best = (_norm(fa), torch.zeros_like(touched),
@@ -215,7 +215,7 @@ def _anderson(residual, y, F, tol, max_iter, step, memory=5, patience=5, rho=0.7
         keep = keep & (res > limit)                          # NaN stops at once
     y[idx], F[idx] = y_best, f_best / step
     if image:                                             # the map residual is not F
-        F[touched] = (residual if whole else residual.subset(touched))(y[touched])
+        F[touched] = touched_residual(y[touched])
     return y, F, iterations
 
 

@@ -110,28 +110,29 @@ class MixingNetwork(NetworkModel):
     def rates(self, t, y, drive, P, variables):
         """As :meth:`NetworkModel.rates`: (6.1) only when the activity is named,
         :meth:`auxiliary_rates` only when another variable is."""
-        parts = self.layout.unpack(y)
-        blocks = []
-        if self.activity in variables:
-            blocks += self.somatic_rates(t, [drive.x] + parts[self.activity], drive, P)
-        moving = [v for v in self._others if v in variables]
-        if moving:
-            others = self.auxiliary_rates(t, parts, drive)
-            blocks += [r for v in moving for r in others[v]]
-        return torch.cat(blocks, dim=-1)
+        return self._by_variable(t, y, drive, variables,
+                                 lambda h: self.somatic_rates(t, h, drive, P),
+                                 lambda v, rate: rate)
 
     def relaxation(self, t, y, drive, P, step, variables=None):
         """A map whose fixed points are the equilibria: the activity by one :meth:`layer_sweep`,
         the other variables by a Picard step ``v + step dv/dt`` (``variables`` as in
         :meth:`NetworkModel.relaxation`)."""
+        return self._by_variable(t, y, drive, self.layout.variables if variables is None
+                                 else variables,
+                                 lambda h: self.layer_sweep(t, h, drive, P),
+                                 lambda v, rate: v + step * rate)
+
+    def _by_variable(self, t, y, drive, variables, activity, other):
+        """The blocks of the named ``variables`` in layout order: ``activity([x, h_1, ...,
+        h_L])`` for the activity, ``other(v_i, dv_i/dt)`` per layer for the others."""
         parts = self.layout.unpack(y)
-        blocks = []
-        if variables is None or self.activity in variables:
-            blocks += self.layer_sweep(t, [drive.x] + parts[self.activity], drive, P)
-        moving = [v for v in self._others if variables is None or v in variables]
+        blocks = activity([drive.x] + parts[self.activity]) if self.activity in variables \
+            else []
+        moving = [v for v in self._others if v in variables]
         if moving:
-            others = self.auxiliary_rates(t, parts, drive)
-            blocks += [p + step * r for v in moving for p, r in zip(parts[v], others[v])]
+            rates = self.auxiliary_rates(t, parts, drive)
+            blocks += [other(p, r) for v in moving for p, r in zip(parts[v], rates[v])]
         return torch.cat(blocks, dim=-1)
 
     def layer_sweep(self, t, h, drive, P):

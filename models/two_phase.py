@@ -95,16 +95,19 @@ class TwoPhaseDTP(MixingNetwork):
         """The per-layer trace blocks ``[z_1, ..., z_L]`` of a state ``(..., N)``."""
         return self.layout.unpack(y)["z"]
 
+    def _trace_rate(self, t, drive):
+        """``k = trace(t) / T_z``: the trace relaxes as ``dz_i/dt = -k (z_i - h_i)``."""
+        return drive.gate("trace", t) / self.trace_tau
+
     def auxiliary_rates(self, t, parts, drive):
         """``dz_i/dt = trace(t) (h_i - z_i) / T_z`` (trace); the field is ``dh_i/dt`` (6.1)
         followed by these."""
-        rate = drive.gate("trace", t) / self.trace_tau
+        rate = self._trace_rate(t, drive)
         return {"z": [rate * (hi - zi) for hi, zi in zip(parts["h"], parts["z"])]}
 
     def slow_relaxation(self, t, y, drive):
-        """The trace relaxes to the activity, ``dz/dt = -(trace(t) / T_z) (z - h)``."""
-        return {"z": (drive.gate("trace", t) / self.trace_tau,
-                      y[..., self.layout.variable_slice("h")])}
+        """The same trace rule, declared: rate ``trace(t) / T_z``, target ``h``."""
+        return {"z": (self._trace_rate(t, drive), y[..., self.layout.variable_slice("h")])}
 
     def initial_state(self, drive, P):
         """Forward pass ``h_i = f_i(h_{i-1})``, and the trace equal to it (``z_i = h_i``)."""
