@@ -81,8 +81,7 @@ class _Field(torch.nn.Module):
             return self.model.field(t, state, self.drive, prepared)
         params = _unflatten(self.params, self.plastic_names, _add(self.start, state[1:]))
         prepared = self.model.prepare(params)
-        rates = self.model.plasticity(t, state[0], self.drive, prepared)
-        dy = self.model.field(t, state[0], self.drive, prepared)
+        dy, rates = self.model.field_and_plasticity(t, state[0], self.drive, prepared)
         return (dy,) + tuple(_flatten_rates(rates, self.params, self.plastic_names))
 
 

@@ -22,7 +22,7 @@ from .layout import Layout
 from .model import NetworkModel
 from .pathways import Pathways
 
-__all__ = ["MixingNetwork", "layer_rates"]
+__all__ = ["MixingNetwork", "Flow", "layer_rates", "per_time", "relax"]
 
 
 class MixingNetwork(NetworkModel):
@@ -74,21 +74,30 @@ class MixingNetwork(NetworkModel):
         return self.pathways.prepare(params)
 
     # -- dynamics ---------------------------------------------------------------------------
+    def flow(self, h, P) -> "Flow":
+        """The pathway quantities of ``h = [x, h_1, ..., h_L]``, each computed once."""
+        return Flow(self.pathways, h, P)
+
     def basal(self, h, P):
         """``[f_1(x), ..., f_L(h_{L-1})]`` for ``h = [x, h_1, ..., h_L]``  (6.2)."""
-        return [self.pathways.forward(i, h[i - 1], P) for i in range(1, self.depth + 1)]
+        flow = self.flow(h, P)
+        return [flow.basal(i) for i in range(1, self.depth + 1)]
 
     def apical(self, t, h, drive, P):
         """``[g_1(h_2), ..., g_{L-1}(h_L), h_L^trgt]``; the teaching signal is gated by
         ``teach`` (``h_L`` when off: the output is short-circuited, (6.29))."""
-        teach = drive.gate("teach", t)
-        return [self._apical(i, h, drive, P, teach) for i in range(1, self.depth + 1)]
+        return self._apicals(t, self.flow(h, P), drive)
 
-    def _apical(self, i, h, drive, P, teach):
-        """``g_i(h_{i+1})``, or the gated teaching signal ``h_L^trgt`` for ``i = L`` (``h_L``
-        itself while a constant gate is off)."""
+    def _apicals(self, t, flow, drive):
+        teach = drive.gate("teach", t)
+        return [self._apical(i, flow.h, drive, teach, flow.feedback)
+                for i in range(1, self.depth + 1)]
+
+    def _apical(self, i, h, drive, teach, feedback):
+        """``g_i(h_{i+1})`` (``feedback(i)``), or the gated teaching signal ``h_L^trgt`` for
+        ``i = L`` (``h_L`` itself while a constant gate is off)."""
         if i < self.depth:
-            return self.pathways.feedback_map(i, h[i + 1], P)
+            return feedback(i)
         if _off(teach):
             return h[i]
         return drive.teaching.output_target(h[i], teach)
@@ -110,23 +119,45 @@ class MixingNetwork(NetworkModel):
     def rates(self, t, y, drive, P, variables):
         """As :meth:`NetworkModel.rates`: (6.1) only when the activity is named,
         :meth:`auxiliary_rates` only when another variable is."""
-        return self._by_variable(t, y, drive, variables,
-                                 lambda h: self.somatic_rates(t, h, drive, P),
+        parts = self.layout.unpack(y)
+        return self._rates(t, parts, drive, variables, self.flow([drive.x] + parts["h"], P))
+
+    def _rates(self, t, parts, drive, variables, flow):
+        return self._by_variable(t, parts, drive, variables,
+                                 lambda h: self._somatic(t, flow, drive),
                                  lambda v, rate: rate)
+
+    def plasticity(self, t, y, drive, P):
+        """The rates of ``W, b`` and ``Q`` (:meth:`plastic_rates`)."""
+        parts = self.layout.unpack(y)
+        return self.plastic_rates(t, parts, self.flow([drive.x] + parts["h"], P), drive)
+
+    def field_and_plasticity(self, t, y, drive, P):
+        """The field and the plasticity from one :class:`Flow`: the rules reuse the field's
+        pre-activations and feedback maps."""
+        parts = self.layout.unpack(y)
+        flow = self.flow([drive.x] + parts["h"], P)
+        return (self._rates(t, parts, drive, self.layout.variables, flow),
+                self.plastic_rates(t, parts, flow, drive))
+
+    def plastic_rates(self, t, parts, flow, drive) -> dict:
+        """``{name: per-layer rates}`` from the unpacked state and its :class:`Flow` (each
+        model its rules, from the templates :meth:`forward_rates` and :meth:`feedback_rates`)."""
+        raise NotImplementedError(f"{type(self).__name__} has no plasticity rules")
 
     def relaxation(self, t, y, drive, P, step, variables=None):
         """A map whose fixed points are the equilibria: the activity by one :meth:`layer_sweep`,
         the other variables by a Picard step ``v + step dv/dt`` (``variables`` as in
         :meth:`NetworkModel.relaxation`)."""
-        return self._by_variable(t, y, drive, self.layout.variables if variables is None
-                                 else variables,
+        return self._by_variable(t, self.layout.unpack(y), drive,
+                                 self.layout.variables if variables is None else variables,
                                  lambda h: self.layer_sweep(t, h, drive, P),
                                  lambda v, rate: v + step * rate)
 
-    def _by_variable(self, t, y, drive, variables, activity, other):
-        """The blocks of the named ``variables`` in layout order: ``activity([x, h_1, ...,
-        h_L])`` for the activity, ``other(v_i, dv_i/dt)`` per layer for the others."""
-        parts = self.layout.unpack(y)
+    def _by_variable(self, t, parts, drive, variables, activity, other):
+        """The blocks of the named ``variables`` of the unpacked state ``parts`` in layout
+        order: ``activity([x, h_1, ..., h_L])`` for the activity, ``other(v_i, dv_i/dt)`` per
+        layer for the others."""
         blocks = activity([drive.x] + parts[self.activity]) if self.activity in variables \
             else []
         moving = [v for v in self._others if v in variables]
@@ -152,25 +183,29 @@ class MixingNetwork(NetworkModel):
         for i in range(1, self.depth + 1):
             f = self.pathways.forward(i, h[i - 1], P) if i > 1 else drive.remember(
                 "basal_1", (P["W"][0], P["b"][0]), lambda: self.pathways.forward(1, h[0], P))
-            h[i] = self._output_update(f, h, drive, P, teach) if i == self.depth else \
-                torch.lerp(f, self._apical(i, h, drive, P, teach), self.mu)
+            h[i] = self._output_update(f, h, drive, teach) if i == self.depth else \
+                torch.lerp(f, self.pathways.feedback_map(i, h[i + 1], P), self.mu)
         return h[1:]
 
-    def _output_update(self, f, h, drive, P, teach):
+    def _output_update(self, f, h, drive, teach):
         """The top layer's sweep update ``(1-mu) f_L + mu h_L^trgt``; where the output is
         short-circuited (``teach`` 0, also per example) its own equation
         ``h_L = (1-mu) f_L + mu h_L`` is solved exactly, ``h_L = f_L``."""
         if _off(teach):
             return f
-        mixed = torch.lerp(f, self._apical(self.depth, h, drive, P, teach), self.mu)
+        mixed = torch.lerp(f, self._apical(self.depth, h, drive, teach, None), self.mu)
         if isinstance(teach, torch.Tensor) and teach.dim() > 0:
             return torch.where(teach == 0, f, mixed)
         return mixed
 
     def somatic_rates(self, t, h, drive, P):
         """``dh_i/dt = (-h_i + (1-mu) f_i(h_{i-1}) + mu g_i(h_{i+1})) / tau``  (6.1)."""
-        f, g = self.basal(h, P), self.apical(t, h, drive, P)
-        return [(torch.lerp(fi, gi, self.mu) - hi) / self.tau for hi, fi, gi in zip(h[1:], f, g)]
+        return self._somatic(t, self.flow(h, P), drive)
+
+    def _somatic(self, t, flow, drive):
+        g = self._apicals(t, flow, drive)
+        return [per_time(torch.lerp(flow.basal(i), gi, self.mu) - hi, self.tau)
+                for i, (hi, gi) in enumerate(zip(flow.h[1:], g), start=1)]
 
     def forward_pass(self, x, P):
         """``[f_1(x), f_2(f_1(x)), ...]`` — the free equilibrium with exact inverses (§6.4)."""
@@ -180,38 +215,92 @@ class MixingNetwork(NetworkModel):
         return h[1:]
 
     # -- plasticity templates ---------------------------------------------------------------
-    def forward_rates(self, t, h, errors, drive, P):
+    def forward_rates(self, t, flow, errors, drive):
         """``dW_i/dt = -eta_i <D_{s_i} e_i h_{i-1}^T>`` and ``db_i/dt = -eta_i <D_{s_i} e_i>``
-        for ``errors = [e_1, ..., e_L]``, ``D_{s_i}`` at ``W_i h_{i-1} + b_i``."""
+        for ``errors = [e_1, ..., e_L]``, ``D_{s_i}`` at ``a_i = W_i h_{i-1} + b_i``."""
         gate = drive.gate("plastic_W", t)
         if _off(gate):
             return {"W": [None] * self.depth, "b": [None] * self.depth}
-        rates = {"W": [], "b": []}
+        rates, h = {"W": [], "b": []}, flow.h
         for i, e in enumerate(errors, start=1):
-            a = self.pathways.preactivation(i, h[i - 1], P)
-            delta = self.pathways.transfers[i - 1].derivative(a) * e
             scale = -gate * self.layer_rates[i - 1] / drive.batch_size
-            rates["W"].append(scale * delta.T @ h[i - 1])
-            rates["b"].append(None if P["b"][i - 1] is None else scale * delta.sum(0))
+            delta = self.pathways.transfers[i - 1].backprop(flow.preactivation(i), scale * e)
+            rates["W"].append(delta.T @ h[i - 1])
+            rates["b"].append(None if flow.P["b"][i - 1] is None else delta.sum(0))
         return rates
 
-    def feedback_rates(self, t, h, drive, P):
+    def feedback_rates(self, t, flow, drive):
         """(6.26)/(6.37): ``-eta_inv [(g_i(h_{i+1}) - h_i) t_i(h_{i+1})^T + lambda Q_i]``
         (inverse form; the classic form uses the chain rule, ``Pathways.feedback_gradient``)."""
         gate = drive.gate("plastic_Q", t)
         if _off(gate):
             return [None] * (self.depth - 1)
-        out = []
+        out, h, Q = [], flow.h, flow.P["Q"]
+        scale = -gate * self.eta_inv
         for i in range(1, self.depth):
-            data = self.pathways.feedback_gradient(i, h[i + 1], h[i], P) / drive.batch_size
-            out.append(-gate * self.eta_inv * (data + self.weight_decay * P["Q"][i - 1]))
+            data = self.pathways.feedback_gradient(i, h[i + 1], h[i], flow.P,
+                                                   parts=flow.feedback_parts(i))
+            rate = data * (scale / drive.batch_size)
+            out.append(rate + (scale * self.weight_decay) * Q[i - 1] if self.weight_decay
+                       else rate)
         return out
+
+
+class Flow:
+    """The pathway quantities of one batch of states ``h = [x, h_1, ..., h_L]`` under
+    prepared parameters ``P``, each computed on first use and kept: pre-activations
+    ``a_i = W_i h_{i-1} + b_i``, basal drives ``f_i = s_i(a_i)`` (6.2) and feedback maps
+    ``g_i(h_{i+1})`` with their intermediates (``Pathways.feedback_parts``). The field (6.1)
+    and the plasticity rules of one evaluation read the same ones. ``h`` must not change
+    while the flow is in use (the layer sweep, which updates ``h`` layer by layer, calls the
+    pathways directly)."""
+
+    def __init__(self, pathways, h, P):
+        self.pathways, self.h, self.P = pathways, h, P
+        self._pre, self._basal, self._feedback = {}, {}, {}
+
+    def preactivation(self, i):
+        if i not in self._pre:
+            self._pre[i] = self.pathways.preactivation(i, self.h[i - 1], self.P)
+        return self._pre[i]
+
+    def basal(self, i):
+        if i not in self._basal:
+            self._basal[i] = self.pathways.transfers[i - 1](self.preactivation(i))
+        return self._basal[i]
+
+    def feedback_parts(self, i):
+        if i not in self._feedback:
+            self._feedback[i] = self.pathways.feedback_parts(i, self.h[i + 1], self.P)
+        return self._feedback[i]
+
+    def feedback(self, i):
+        """``g_i(h_{i+1})`` with the pathways' gain ``c``."""
+        g, c = self.feedback_parts(i)[0], self.pathways.feedback_gain
+        return g if c == 1.0 else c * g
+
+
+def per_time(change: torch.Tensor, time_constant) -> torch.Tensor:
+    """``change / time_constant`` (the division skipped for the common unit constant)."""
+    return change if _is(time_constant, 1) else change / time_constant
+
+
+def relax(rate, value: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``dv/dt = rate (target - v)``, sparing the operations of a plain-number rate 0 (a held
+    variable) or 1."""
+    if _is(rate, 0):
+        return torch.zeros_like(value)
+    return target - value if _is(rate, 1) else rate * (target - value)
+
+
+def _is(number, value) -> bool:
+    return isinstance(number, (int, float)) and number == value
 
 
 def _off(gate) -> bool:
     """A gate that is a plain number 0: the rule is switched off, its rates are ``None`` (zero,
     not evaluated)."""
-    return isinstance(gate, (int, float)) and gate == 0
+    return _is(gate, 0)
 
 
 def layer_rates(eta, depth, mu, compensate):

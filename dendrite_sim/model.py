@@ -78,13 +78,19 @@ class Drive:
 
         Adaptive solvers step past the end of a segment and interpolate back; gates are read at
         ``t`` clamped to the segment (the end excluded: a phase switching at ``end`` belongs to
-        the next segment), so no stage ever sees the next phase's gates.
+        the next segment), so no stage ever sees the next phase's gates. A field evaluation
+        reads several gates at one ``t``: the gates of the last ``t`` (the same object,
+        unmodified) are kept, which spares a device-to-host read of ``t`` per gate.
         """
-        last = math.nextafter(float(end), float(start))
+        first, last = float(start), math.nextafter(float(end), float(start))
+        seen = [None, None, None]          # t, its version, its gates
 
         def gates(t):
-            now = float(t.detach()) if isinstance(t, torch.Tensor) else float(t)
-            return self.gates(min(max(now, float(start)), last))
+            version = getattr(t, "_version", None)
+            if seen[0] is not t or seen[1] != version:
+                now = float(t.detach()) if isinstance(t, torch.Tensor) else float(t)
+                seen[:] = [t, version, self.gates(min(max(now, first), last))]
+            return seen[2]
 
         return replace(self, gates=gates)
 
@@ -136,6 +142,12 @@ class NetworkModel:
     def plasticity(self, t, y: torch.Tensor, drive: Drive, prepared) -> Params:
         """Batch-averaged ``d(param)/dt`` for each name in ``plastic_params``."""
         raise NotImplementedError(f"{type(self).__name__} has no plasticity rules")
+
+    def field_and_plasticity(self, t, y: torch.Tensor, drive: Drive, prepared):
+        """``(field, plasticity)`` at one ``(t, y)``: the evaluation of coupled mode. Default:
+        the two separately; a model whose rules read quantities its field computes (basal
+        drives, feedback maps) overrides this to compute them once."""
+        return self.field(t, y, drive, prepared), self.plasticity(t, y, drive, prepared)
 
     def rates(self, t, y: torch.Tensor, drive: Drive, prepared, variables) -> torch.Tensor:
         """``dy/dt`` of the named state variables only, concatenated in layout order (default:

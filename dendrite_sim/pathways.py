@@ -100,33 +100,38 @@ class Pathways:
     def feedback_map(self, i: int, y, P, gain=None):
         """``g_i(h_{i+1})`` for ``i = 1..L-1`` (module docstring), ``(B, n_i)``."""
         c = self.feedback_gain if gain is None else gain
-        if self.feedback == "exact":
-            lu, pivots = P["W_lu"][i]
-            u = self.backward_input(i, y, P)
-            return c * torch.linalg.lu_solve(lu, pivots, u.T).T
-        Q = P["Q"][i - 1]
-        if self.form == "classic":
-            g = self.transfers[i - 1](y @ Q.T)
-        elif "feedback_bias" in P:        # prepared: Q_i (s^{-1}(y) - b_{i+1}) in one product
-            g = torch.nn.functional.linear(self.transfers[i].inverse_unchecked(y), Q,
-                                           P["feedback_bias"][i - 1])
-        else:
-            g = torch.nn.functional.linear(self.backward_input(i, y, P), Q)
+        g = self.feedback_parts(i, y, P)[0]
         return g if c == 1.0 else c * g
 
-    def feedback_gradient(self, i: int, y, h_i, P):
+    def feedback_parts(self, i: int, y, P):
+        """``(g, inner)``: the feedback ``g_i(y)`` with gain 1 and the intermediate that
+        :meth:`feedback_gradient` reuses — ``s_{i+1}^{-1}(y)`` (inverse form), ``Q_i y``
+        (classic form), ``None`` (exact feedback)."""
+        if self.feedback == "exact":
+            lu, pivots = P["W_lu"][i]
+            return torch.linalg.lu_solve(lu, pivots, self.backward_input(i, y, P).T).T, None
+        Q = P["Q"][i - 1]
+        if self.form == "classic":
+            inner = y @ Q.T
+            return self.transfers[i - 1](inner), inner
+        inner = self.transfers[i].inverse_unchecked(y)
+        if "feedback_bias" in P:          # prepared: Q_i (s^{-1}(y) - b_{i+1}) in one product
+            return torch.nn.functional.linear(inner, Q, P["feedback_bias"][i - 1]), inner
+        b = P["b"][i]
+        return torch.nn.functional.linear(inner if b is None else inner - b, Q), inner
+
+    def feedback_gradient(self, i: int, y, h_i, P, parts=None):
         """Batch-summed gradient of ``1/2 ||g_i(y) - h_i||^2`` w.r.t. ``Q_i`` (gain 1).
 
         Inverse form: ``(g_i(y) - h_i) t_i(y)^T`` — the data term of (6.26)/(6.37).
         Classic form: ``(D_{s_i}(Q_i y) (g_i(y) - h_i)) y^T`` (chain rule through ``s_i``).
+        ``parts``: :meth:`feedback_parts` of ``y`` if already computed.
         """
-        Q = P["Q"][i - 1]
+        g, inner = self.feedback_parts(i, y, P) if parts is None else parts
         if self.form == "classic":
-            a = y @ Q.T
-            s = self.transfers[i - 1]
-            return (s.derivative(a) * (s(a) - h_i)).T @ y
-        t_i = self.backward_input(i, y, P)
-        return (t_i @ Q.T - h_i).T @ t_i
+            return self.transfers[i - 1].backprop(inner, g - h_i).T @ y
+        b = P["b"][i]
+        return (g - h_i).T @ (inner if b is None else inner - b)
 
     def prepare(self, params):
         """Add the LU factors of each square ``W`` for exact feedback (unbatched solves only);

@@ -30,6 +30,11 @@ class Transfer:
         """``s'(a)`` evaluated at the pre-activation ``a``."""
         raise NotImplementedError
 
+    def backprop(self, a: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """``s'(a) * e``: an error ``e`` carried back through ``s`` at the pre-activation
+        ``a`` (``D_s e`` in the plasticity rules). Subclasses may fuse the product."""
+        return self.derivative(a) * e
+
     def inverse_unchecked(self, y: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
@@ -79,7 +84,12 @@ class LeakyReLU(Transfer):
         return torch.nn.functional.leaky_relu(a, self.slope)
 
     def derivative(self, a):
-        return torch.where(a >= 0, torch.ones_like(a), torch.full_like(a, self.slope))
+        """1 for ``a > 0``, ``slope`` otherwise (at the kink the left derivative, as autograd)."""
+        return torch.where(a > 0, torch.ones_like(a), torch.full_like(a, self.slope))
+
+    def backprop(self, a, e):
+        """``e`` where ``a > 0``, ``slope * e`` elsewhere: autograd's leaky-ReLU backward."""
+        return torch.ops.aten.leaky_relu_backward(e, a, self.slope, False)
 
     def inverse_unchecked(self, y):
         return torch.nn.functional.leaky_relu(y, 1.0 / self.slope)

@@ -63,11 +63,10 @@ class Mixture(MixingNetwork):
         """The forward pass ``h_i = f_i(h_{i-1})`` (the free equilibrium with exact inverses)."""
         return torch.cat(self.forward_pass(drive.x, P), dim=-1)
 
-    def plasticity(self, t, y, drive, P):
+    def plastic_rates(self, t, parts, flow, drive):
         """(6.17) for ``W, b`` with ``e_i = f_i(h_{i-1}) - h_i``; (6.26) for ``Q``."""
-        h = [drive.x] + self.layers(y)
-        errors = [f - hi for f, hi in zip(self.basal(h, P), h[1:])]
-        rates = self.forward_rates(t, h, errors, drive, P)
-        if "Q" in P:
-            rates["Q"] = self.feedback_rates(t, h, drive, P)
+        errors = [flow.basal(i) - hi for i, hi in enumerate(parts["h"], start=1)]
+        rates = self.forward_rates(t, flow, errors, drive)
+        if "Q" in flow.P:
+            rates["Q"] = self.feedback_rates(t, flow, drive)
         return rates

@@ -32,7 +32,7 @@ from __future__ import annotations
 import torch
 
 from dendrite_sim.errors import check_range
-from dendrite_sim.mixing import MixingNetwork
+from dendrite_sim.mixing import MixingNetwork, relax
 from dendrite_sim.schedule import Schedule
 
 __all__ = ["TwoPhaseDTP"]
@@ -103,7 +103,7 @@ class TwoPhaseDTP(MixingNetwork):
         """``dz_i/dt = trace(t) (h_i - z_i) / T_z`` (trace); the field is ``dh_i/dt`` (6.1)
         followed by these."""
         rate = self._trace_rate(t, drive)
-        return {"z": [rate * (hi - zi) for hi, zi in zip(parts["h"], parts["z"])]}
+        return {"z": [relax(rate, zi, hi) for hi, zi in zip(parts["h"], parts["z"])]}
 
     def slow_relaxation(self, t, y, drive):
         """The same trace rule, declared: rate ``trace(t) / T_z``, target ``h``."""
@@ -114,13 +114,11 @@ class TwoPhaseDTP(MixingNetwork):
         state = torch.cat(self.forward_pass(drive.x, P), dim=-1)
         return torch.cat([state, state], dim=-1)
 
-    def plasticity(self, t, y, drive, P):
+    def plastic_rates(self, t, parts, flow, drive):
         """(6.35) for ``W, b`` with ``e_i = z_i - h_i`` (``D^l`` at the current, learning-phase
         activity); (6.37) for ``Q``."""
-        parts = self.layout.unpack(y)
-        h = [drive.x] + parts["h"]
-        errors = [z - hi for z, hi in zip(parts["z"], h[1:])]
-        rates = self.forward_rates(t, h, errors, drive, P)
-        if "Q" in P:
-            rates["Q"] = self.feedback_rates(t, h, drive, P)
+        errors = [z - hi for z, hi in zip(parts["z"], parts["h"])]
+        rates = self.forward_rates(t, flow, errors, drive)
+        if "Q" in flow.P:
+            rates["Q"] = self.feedback_rates(t, flow, drive)
         return rates

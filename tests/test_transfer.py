@@ -91,6 +91,21 @@ def test_derivative_matches_central_difference(name, slope):
 
 
 @pytest.mark.parametrize("name,slope", CASES)
+def test_backprop_is_central_difference_times_error(name, slope):
+    # s'(a) * e (the fused product the plasticity rules use) against the same central
+    # difference as above, times a random error e of either sign; float32 keeps its dtype.
+    a = _points(5)
+    e = np.random.default_rng(7).standard_normal(a.shape)
+    h = 1e-6
+    fd = (_np_forward(name, a + h, slope) - _np_forward(name, a - h, slope)) / (2 * h)
+    s = make_transfer(name, slope)
+    got = s.backprop(torch.tensor(a), torch.tensor(e)).numpy()
+    np.testing.assert_allclose(got, fd * e, rtol=0, atol=1e-8 * np.abs(e).max())
+    a32 = torch.tensor(a, dtype=torch.float32)
+    assert s.backprop(a32, torch.ones_like(a32)).dtype == torch.float32
+
+
+@pytest.mark.parametrize("name,slope", CASES)
 def test_derivative_of_inverse_is_reciprocal(name, slope):
     # (s^{-1})'(y) = 1 / s'(s^{-1}(y)): finite difference of the engine's inverse, same
     # step/tolerance argument as above (|(s^{-1})''| is at most ~1e3 for tanh at |a| <= 3).
@@ -105,9 +120,13 @@ def test_derivative_of_inverse_is_reciprocal(name, slope):
 
 
 def test_leaky_relu_derivative_values():
+    # at the kink a = 0 the left derivative (autograd's convention), in both the derivative
+    # and the fused backprop
     s = make_transfer("leaky_relu", 0.25)
-    d = s.derivative(torch.tensor([-3.0, -1e-9, 1e-9, 2.0], dtype=torch.float64)).numpy()
-    np.testing.assert_array_equal(d, [0.25, 0.25, 1.0, 1.0])
+    a = torch.tensor([-3.0, -1e-9, 0.0, 1e-9, 2.0], dtype=torch.float64)
+    np.testing.assert_array_equal(s.derivative(a).numpy(), [0.25, 0.25, 0.25, 1.0, 1.0])
+    np.testing.assert_array_equal(s.backprop(a, torch.full_like(a, 2.0)).numpy(),
+                                  [0.5, 0.5, 0.5, 2.0, 2.0])
 
 
 def test_dtype_is_preserved():
