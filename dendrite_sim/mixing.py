@@ -132,11 +132,13 @@ class MixingNetwork(NetworkModel):
         parts = self.layout.unpack(y)
         return self.plastic_rates(t, parts, self.flow([drive.x] + parts["h"], P), drive)
 
-    def field_and_plasticity(self, t, y, drive, P):
+    def field_and_plasticity(self, t, y, drive, params):
         """The field and the plasticity from one :class:`Flow`: the rules reuse the field's
-        pre-activations and feedback maps."""
+        pre-activations and feedback maps. The feedback bias is not folded (``Pathways.
+        prepare``): with parameters that change at every evaluation it would cost a
+        matrix-vector product per layer to save a subtraction."""
         parts = self.layout.unpack(y)
-        flow = self.flow([drive.x] + parts["h"], P)
+        flow = self.flow([drive.x] + parts["h"], self.pathways.prepare(params, fold_bias=False))
         return (self._rates(t, parts, drive, self.layout.variables, flow),
                 self.plastic_rates(t, parts, flow, drive))
 

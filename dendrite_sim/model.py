@@ -143,10 +143,13 @@ class NetworkModel:
         """Batch-averaged ``d(param)/dt`` for each name in ``plastic_params``."""
         raise NotImplementedError(f"{type(self).__name__} has no plasticity rules")
 
-    def field_and_plasticity(self, t, y: torch.Tensor, drive: Drive, prepared):
-        """``(field, plasticity)`` at one ``(t, y)``: the evaluation of coupled mode. Default:
-        the two separately; a model whose rules read quantities its field computes (basal
-        drives, feedback maps) overrides this to compute them once."""
+    def field_and_plasticity(self, t, y: torch.Tensor, drive: Drive, params: Params):
+        """``(field, plasticity)`` at one ``(t, y)``: the evaluation of coupled mode, where the
+        parameters change at every evaluation — so ``params`` come raw and the model prepares
+        what it needs. Default: :meth:`prepare`, then the two separately; a model whose rules
+        read quantities its field computes (basal drives, feedback maps) overrides this to
+        compute them once."""
+        prepared = self.prepare(params)
         return self.field(t, y, drive, prepared), self.plasticity(t, y, drive, prepared)
 
     def rates(self, t, y: torch.Tensor, drive: Drive, prepared, variables) -> torch.Tensor:

@@ -104,21 +104,22 @@ class Pathways:
         return g if c == 1.0 else c * g
 
     def feedback_parts(self, i: int, y, P):
-        """``(g, inner)``: the feedback ``g_i(y)`` with gain 1 and the intermediate that
-        :meth:`feedback_gradient` reuses — ``s_{i+1}^{-1}(y)`` (inverse form), ``Q_i y``
-        (classic form), ``None`` (exact feedback)."""
+        """``(g, factor)``: the feedback ``g_i(y)`` with gain 1 and the intermediate that
+        :meth:`feedback_gradient` reuses — ``t_i(y)`` (inverse form; ``None`` when the bias is
+        folded into ``P``, which skips forming it), ``Q_i y`` (classic form), ``None`` (exact
+        feedback)."""
         if self.feedback == "exact":
             lu, pivots = P["W_lu"][i]
             return torch.linalg.lu_solve(lu, pivots, self.backward_input(i, y, P).T).T, None
         Q = P["Q"][i - 1]
         if self.form == "classic":
-            inner = y @ Q.T
-            return self.transfers[i - 1](inner), inner
-        inner = self.transfers[i].inverse_unchecked(y)
+            a = y @ Q.T
+            return self.transfers[i - 1](a), a
         if "feedback_bias" in P:          # prepared: Q_i (s^{-1}(y) - b_{i+1}) in one product
-            return torch.nn.functional.linear(inner, Q, P["feedback_bias"][i - 1]), inner
-        b = P["b"][i]
-        return torch.nn.functional.linear(inner if b is None else inner - b, Q), inner
+            u = self.transfers[i].inverse_unchecked(y)
+            return torch.nn.functional.linear(u, Q, P["feedback_bias"][i - 1]), None
+        t_i = self.backward_input(i, y, P)
+        return torch.nn.functional.linear(t_i, Q), t_i
 
     def feedback_gradient(self, i: int, y, h_i, P, parts=None):
         """Batch-summed gradient of ``1/2 ||g_i(y) - h_i||^2`` w.r.t. ``Q_i`` (gain 1).
@@ -127,19 +128,18 @@ class Pathways:
         Classic form: ``(D_{s_i}(Q_i y) (g_i(y) - h_i)) y^T`` (chain rule through ``s_i``).
         ``parts``: :meth:`feedback_parts` of ``y`` if already computed.
         """
-        g, inner = self.feedback_parts(i, y, P) if parts is None else parts
+        g, factor = self.feedback_parts(i, y, P) if parts is None else parts
         if self.form == "classic":
-            return self.transfers[i - 1].backprop(inner, g - h_i).T @ y
-        b = P["b"][i]
-        return (g - h_i).T @ (inner if b is None else inner - b)
+            return self.transfers[i - 1].backprop(factor, g - h_i).T @ y
+        return (g - h_i).T @ (self.backward_input(i, y, P) if factor is None else factor)
 
-    def prepare(self, params):
+    def prepare(self, params, fold_bias=True):
         """Add the LU factors of each square ``W`` for exact feedback (unbatched solves only);
-        for learned feedback in the inverse form with biases, ``-Q_i b_{i+1}`` (the bias of
-        ``g_i``, so that :meth:`feedback_map` is one matrix product)."""
+        for learned feedback in the inverse form with biases and ``fold_bias``, ``-Q_i
+        b_{i+1}`` (the bias of ``g_i``, so that :meth:`feedback_map` is one matrix product)."""
         if self.feedback == "exact":
             return {**params, "W_lu": [torch.linalg.lu_factor(w) for w in params["W"]]}
-        if self.form == "classic" or params["b"][0] is None:
+        if self.form == "classic" or params["b"][0] is None or not fold_bias:
             return params
         return {**params, "feedback_bias": [-(q @ b) for q, b in zip(params["Q"],
                                                                      params["b"][1:])]}
