@@ -225,6 +225,34 @@ def test_coupled_phase_holds_the_groups_it_does_not_make_plastic():
     torch.testing.assert_close(per_phase.phase_states["learn"], ys[-1], rtol=0, atol=1e-9)
 
 
+def test_coupled_rk4_at_one_time_constant_matches_tight_dopri5():
+    """The fixed-step configuration the coupled timing uses (``method="rk4", step_size=tau``,
+    4 evaluations per tau): a presentation's weight changes against dopri5 at rtol 1e-10,
+    float64. The error is the activity's transients after the phase switches (independent of
+    the rates: 1.1e-3 / 1.2e-3 / 2.3e-3 for ``W`` at eta = 1e-3 / 5e-3 / 2e-2; measured 2.3e-3
+    for ``W`` and 6.7e-4 for ``Q`` here). Fourth order: halving the step divides it by 13-23
+    (asserted > 8). On the digits 64-128-128-10 network (benchmarks/bench_training.py) it is
+    1e-4 / 2e-4, the size of dopri5's at its default rtol 1e-6 and far below float32's own
+    error there (2e-2 for ``W_1``, 0.2 for ``Q_1``)."""
+    model = TwoPhaseDTP([6, 8, 8, 3], mu=0.1, dtype=F64, seed=4, bias=True, eta=0.02,
+                        eta_inv=0.02)
+    x, teach = batch(8, 6, 11), Nudge(torch.arange(8) % 3, "cross_entropy", 0.5)
+    sched = Schedule.two_phase(20.0, 20.0)
+
+    def changes(**kw):
+        new = present(model, x, teach, sched, mode="coupled", **kw).params
+        return {n: torch.cat([(p - p0).flatten() for p, p0 in zip(new[n], model.params[n])])
+                for n in ("W", "Q")}
+
+    ref = changes(rtol=1e-10, atol=1e-12)
+    errors = {dt: {n: float((changes(method="rk4", step_size=dt)[n] - ref[n]).norm()
+                            / ref[n].norm()) for n in ref} for dt in (1.0, 0.5)}
+    for n in ref:
+        assert float(ref[n].norm()) > 1e-3, n                   # the weights did move
+        assert errors[1.0][n] < 5e-3, errors
+        assert errors[1.0][n] / errors[0.5][n] > 8, errors
+
+
 def test_quasi_static_trace_relaxes_in_closed_form():
     """Free phase shorter than the trace settles (T_free = 1.5 T_z), no plasticity: the
     quasi-static end trace is ``h^f + exp(-T_free/T_z) (z0 - h^f)`` with ``z0`` the forward
