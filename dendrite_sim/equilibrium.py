@@ -104,6 +104,10 @@ class _Residual:
     def picard(self) -> bool:
         return bool(self.model.picard_relaxation)
 
+    @property
+    def omega(self) -> float:
+        return float(self.model.relaxation_factor)
+
     def subset(self, index) -> "_Residual":
         return _Residual(self.model, self.drive.subset(index), self.prepared, self._tally)
 
@@ -161,6 +165,7 @@ def _anderson(residual, y, F, tol, max_iter, step, memory=5, patience=5, rho=0.7
     if touched.numel() == 0:
         return y, F, 0
     image = not residual.picard                      # return G(y_best), not y_best
+    omega = residual.omega
     sub = residual if touched.numel() == y.shape[0] else residual.subset(touched)
     idx, touched_residual, ya = touched, sub, y[touched]
     ga = sub.relax(ya, step, F[touched])
@@ -184,7 +189,7 @@ def _anderson(residual, y, F, tol, max_iter, step, memory=5, patience=5, rho=0.7
                 d_f, d_g = d_f[keep], d_g[keep]
             keep = keep[keep]
         finished = active < idx.numel()                     # still in the batch, frozen
-        new = ga
+        new = ga if omega == 1.0 or d_f is not None else torch.lerp(ya, ga, omega)
         if recorded:
             filled = min(recorded, memory)
             gamma = _mixing_coefficients(d_f[:, :filled], fa)

@@ -422,6 +422,10 @@ class Frozen(NetworkModel):
             layout_key, self.frozen, model.device)
         self.hold = y_hold[:, self._held]
         self.time_scale = float(getattr(model, "time_scale", getattr(model, "tau", 1.0)))
+        self._variables = tuple(self.layout.variables)
+        # only the activity moves and the activity does not read what is held
+        self._activity_alone = self._variables == (self.activity,) and \
+            set(self.frozen) <= set(getattr(model, "slow_variables", ()))
 
     def restrict(self, y: torch.Tensor) -> torch.Tensor:
         return y[:, :self._active.numel()] if self._trailing else y[:, self._active]
@@ -453,9 +457,18 @@ class Frozen(NetworkModel):
     def picard_relaxation(self):
         return self.base.picard_relaxation
 
+    @property
+    def relaxation_factor(self):
+        return self.base.relaxation_factor
+
     def relaxation(self, t, y, drive, prepared, step, variables=None):
+        if self._activity_alone and variables is None:
+            out = self.base.activity_relaxation(t, y, drive, prepared, step)
+            if out is not None:
+                return out
         full = self.embed(y, self._hold_of(drive))
-        active = tuple(v for v in self.layout.variables if variables is None or v in variables)
+        active = self._variables if variables is None else \
+            tuple(v for v in self._variables if v in variables)
         return self.base.relaxation(t, full, drive, prepared, step, variables=active)
 
     def prepare(self, params):

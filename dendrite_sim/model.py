@@ -117,6 +117,10 @@ class NetworkModel:
     #: whether :meth:`relaxation` is the default Picard map ``y + step F(y)`` (the solver then
     #: reads ``F`` off the map's residual instead of evaluating it)
     picard_relaxation = True
+    #: ``omega`` of the plain iteration ``y + omega (G(y) - y)`` of :meth:`relaxation`'s map
+    #: ``G`` in ``fixed_point`` (before Anderson mixing starts, if it does): 1 iterates the map
+    #: itself; above 1 over-relaxes it (successive over-relaxation of a Gauss-Seidel sweep)
+    relaxation_factor = 1.0
     #: parameter names the model has plasticity rules for (subset of ``params``)
     plastic_params: tuple[str, ...] = ()
     #: whether :meth:`field` and :meth:`relaxation` accept gates given per example
@@ -172,6 +176,14 @@ class NetworkModel:
         """
         out = y + step * self.field(t, y, drive, prepared)
         return out if variables is None else self._columns(out, variables)
+
+    def activity_relaxation(self, t, h: torch.Tensor, drive: Drive, prepared, step: float):
+        """Optional: :meth:`relaxation` of the activity from its own columns ``h`` ``(B, n)``
+        alone, for a model whose activity does not read its ``slow_variables``. A
+        :class:`~dendrite_sim.learning.Frozen` view that holds only those variables then
+        skips assembling the full state at every iteration (a fifth of a layer sweep's time
+        on the digits network). Default ``None``: not available."""
+        return None
 
     def slow_relaxation(self, t, y: torch.Tensor, drive: Drive):
         """Optional, for the variables in ``slow_variables``: ``{variable: (k, target)}`` with

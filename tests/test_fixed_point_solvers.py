@@ -200,6 +200,30 @@ def test_anderson_plain_start_switches_to_mixing(monkeypatch):
         torch.testing.assert_close(found[0.7], found[0.0], rtol=0, atol=1e-9)
 
 
+@pytest.mark.parametrize("mu,seed", [(0.1, 3), (0.1, 4), (0.25, 3)])
+def test_over_relaxed_sweeps_reach_the_same_equilibrium_sooner(mu, seed):
+    """The plain iteration ``y + omega (G(y) - y)`` with the mixing models' ``omega = 1.15``
+    (successive over-relaxation of the sweep) against the sweep itself: the same equilibrium,
+    and where plain iterations carry the solve (mu = 0.1: measured 13 against 18 iterations)
+    at most 0.8x the iterations; where the map contracts slowly (mu = 0.25) mixing takes over
+    from the unrelaxed map and both converge (27 and 30 iterations)."""
+    from dendrite_sim.equilibrium import _anderson, _Residual
+    model, x, target = _problem(batch=16, mu=mu, seed=seed)
+    assert model.relaxation_factor == 1.15
+    drive, prepared = model.drive(x, target), model.prepare(model.params)
+    found = {}
+    for omega in (1.0, 1.15):
+        model.relaxation_factor = omega
+        y0 = model.initial_state(drive, prepared)
+        y, F, iterations = _anderson(_Residual(model, drive, prepared), y0, None, 1e-10, 100,
+                                     1.0)
+        assert float(F.abs().max()) <= 1e-10, (omega, iterations)
+        found[omega] = (y, iterations)
+    torch.testing.assert_close(found[1.15][0], found[1.0][0], rtol=0, atol=1e-9)
+    if mu == 0.1:
+        assert found[1.15][1] <= 0.8 * found[1.0][1], found
+
+
 def test_anderson_result_of_an_example_is_its_own_equilibrium():
     """Examples finish at different iterations; a finished one is frozen while the others go
     on and the batch is compacted later, so each returns its own equilibrium, as when solved
