@@ -5,7 +5,7 @@ import math
 
 import torch
 
-__all__ = ["NumericalError", "check_range", "check_tensor"]
+__all__ = ["NumericalError", "check_range", "check_tensor", "all_finite"]
 
 
 class NumericalError(RuntimeError):
@@ -32,6 +32,12 @@ def check_range(name: str, value, low=None, high=None, low_open=False, high_open
     return v
 
 
+def all_finite(value: torch.Tensor) -> bool:
+    """Whether every entry is finite: the largest magnitude is (``amax`` propagates NaN). Two
+    operations and one read back, where ``isfinite(value).all()`` takes five and one."""
+    return value.numel() == 0 or math.isfinite(float(value.abs().amax()))
+
+
 def check_tensor(name: str, value, width: int, dtype: torch.dtype, device: torch.device,
                  allow_1d: bool = True) -> torch.Tensor:
     """Validate a batched input: a (B, width) tensor of the model's dtype and device, finite.
@@ -49,6 +55,6 @@ def check_tensor(name: str, value, width: int, dtype: torch.dtype, device: torch
         raise ValueError(f"{name} must have dtype {dtype} (the model's); got {value.dtype}")
     if value.device.type != torch.device(device).type:
         raise ValueError(f"{name} must be on device {device} (the model's); got {value.device}")
-    if not bool(torch.isfinite(value).all()):
+    if not all_finite(value):
         raise ValueError(f"{name} must be finite; it contains NaN or inf")
     return value

@@ -59,7 +59,7 @@ from dataclasses import dataclass
 import torch
 
 from .equilibrium import solve_equilibrium
-from .errors import NumericalError, check_range
+from .errors import NumericalError, all_finite, check_range
 from .integrate import FIXED_STEP, METHODS, integrate_drive
 from .layout import Layout
 from .model import Drive, NetworkModel
@@ -219,7 +219,7 @@ def _euler_step(model, params, rates, duration):
     params = dict(params)
     for name in model.plastic_params:
         if name in params and name in rates:
-            params[name] = [p if p is None or r is None else p + duration * r
+            params[name] = [p if p is None or r is None else torch.add(p, r, alpha=duration)
                             for p, r in zip(params[name], rates[name])]
     return params
 
@@ -253,9 +253,10 @@ def _equilibrate_pair(view, y, drive, following, params, prepared, solve):
     both = torch.cat([y, y])
     twice = torch.arange(batch, device=y.device).repeat(2)
     now, then = drive.gates(0.0), following.gates
-    per_example = {n: torch.cat([y.new_full((batch, 1), float(now[n])),
-                                 y.new_full((batch, 1), float(then[n]))])
-                   for n in now if now[n] != then.get(n, now[n])}
+    differ = [n for n in now if now[n] != then.get(n, now[n])]
+    table = torch.tensor([[float(now[n]) for n in differ], [float(then[n]) for n in differ]],
+                         dtype=y.dtype, device=y.device).repeat_interleave(batch, dim=0)
+    per_example = {n: table[:, j:j + 1] for j, n in enumerate(differ)}
     same = {n: v for n, v in now.items() if n not in per_example}
     paired = dataclasses.replace(drive.subset(twice), gates=_constant(same),
                                  example_gates=per_example)
@@ -265,7 +266,7 @@ def _equilibrate_pair(view, y, drive, following, params, prepared, solve):
 
 
 def _tally(eq, phase, nfev, converged, worst):
-    if not bool(torch.isfinite(eq.y).all()):
+    if not all_finite(eq.y):
         raise NumericalError(f"quasi-static presentation: the equilibrium of phase "
                              f"{phase.name!r} is not finite")
     return (nfev + eq.nfev, converged and eq.all_converged,
@@ -291,7 +292,7 @@ def _relax_slow(model, drive, prepared, y, variables, t0, duration):
     if not variables:
         return y, y
     declared = model.slow_relaxation(t0, y, drive)
-    y_end, y_mean = y.clone(), y.clone()
+    y_end = y_mean = y                          # copied once a variable moves
     for v in variables:
         sl = model.layout.variable_slice(v)
         if declared is not None:
@@ -304,6 +305,8 @@ def _relax_slow(model, drive, prepared, y, variables, t0, duration):
             if k is None:
                 continue
         to_end, to_mean = _relaxed_fractions(k, duration)
+        if y_end is y:
+            y_end, y_mean = y.clone(), y.clone()
         y_end[:, sl] = y[:, sl] + to_end * gap
         y_mean[:, sl] = y[:, sl] + to_mean * gap
     return y_end, y_mean

@@ -120,7 +120,9 @@ class Nudge(Teaching):
         return loss_gradient(self.loss, h_out, self.y)
 
     def output_target(self, h_out, gate=1.0):
-        return h_out - gate * self.eta_hat * self.gradient(h_out)
+        if isinstance(gate, torch.Tensor):
+            return torch.addcmul(h_out, gate, self.gradient(h_out), value=-self.eta_hat)
+        return torch.add(h_out, self.gradient(h_out), alpha=-gate * self.eta_hat)
 
     def subset(self, index):
         return Nudge(self.y[index], self.loss, self.eta_hat)

@@ -346,3 +346,23 @@ def test_fixed_point_by_integration_of_unstable_system_does_not_converge():
     except ds.NumericalError:
         return
     assert not bool(eq.converged.any())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_all_finite_finds_every_nan_and_inf(dtype):
+    """Against ``torch.isfinite(...).all()``: one bad entry anywhere (first, last, inside a
+    vectorised block, in a large tensor), of each kind; empty and integer tensors."""
+    from dendrite_sim.errors import all_finite
+    gen = torch.Generator().manual_seed(0)
+    for shape in [(1,), (7,), (33, 17), (4096, 3)]:
+        base = torch.randn(shape, generator=gen, dtype=dtype) * 1e30
+        assert all_finite(base)
+        flat = base.flatten()
+        for position in {0, flat.numel() // 2, flat.numel() - 1}:
+            for bad in (float("nan"), float("inf"), -float("inf")):
+                broken = flat.clone()
+                broken[position] = bad
+                assert all_finite(broken.view(shape)) == bool(torch.isfinite(broken).all())
+                assert not all_finite(broken.view(shape))
+    assert all_finite(torch.empty(0, 3, dtype=dtype))
+    assert all_finite(torch.arange(5))
