@@ -65,6 +65,7 @@ class _Picard(Mixture):
 
     relaxation = NetworkModel.relaxation
     picard_relaxation = True
+    relaxation_factor = 1.0
 
 
 def test_layer_sweep_is_bottom_up_gauss_seidel():
