@@ -355,7 +355,10 @@ class DendriticLearner(_Learner):
     mode : ``"quasi_static"`` or ``"coupled"`` (see :func:`dendrite_sim.learning.present`).
     loss : ``"cross_entropy"`` or ``"mse"``: the loss of the output nudge.
     eta_hat : output step size of ``Nudge(y, loss, eta_hat)``, > 0.
-    present_kwargs : extra keyword arguments for ``present`` (tolerances, ...).
+    present_kwargs : extra keyword arguments for ``present`` (tolerances, ...); for coupled
+        training ``{"method": "heun3", "step_size": tau}`` is ~5x faster than the default
+        dopri5 and as accurate (``present``'s docstring; CLI: ``--set solver.method=heun3
+        --set solver.step_size=1``).
     fixed_point_kwargs : extra keyword arguments for the ``fixed_point`` of :meth:`predict`.
     """
 
