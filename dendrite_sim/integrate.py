@@ -93,6 +93,7 @@ class _Field(torch.nn.Module):
         y, *displacements = self.unpack(state)
         dy, rates = self.model.field_and_plasticity(t, y, self.drive,
                                                     self.params_at(displacements))
+        # a rule switched off (rate None) is integrated as zero
         return self.pack([dy] + [torch.zeros_like(p) if rates[n][k] is None else rates[n][k]
                                  for (n, k), p in zip(self.slots, self.start)])
 
@@ -106,8 +107,7 @@ class _Field(torch.nn.Module):
                 in zip(torch.split(flat, self.sizes, dim=-1), self.shapes)]
 
     def params_at(self, displacements) -> dict:
-        """The parameters with the integrated ones at ``start + displacement`` (a rule
-        switched off has rate ``None``, integrated as zero)."""
+        """The parameters, the integrated ones at ``start + displacement``."""
         out = {n: list(v) if isinstance(v, list) else v for n, v in self.params.items()}
         for (n, k), p, d in zip(self.slots, self.start, displacements):
             out[n][k] = p + d

@@ -22,7 +22,7 @@ from .layout import Layout
 from .model import NetworkModel
 from .pathways import Pathways
 
-__all__ = ["MixingNetwork", "Flow", "layer_rates", "per_time", "relax"]
+__all__ = ["MixingNetwork", "Flow", "layer_rates", "relax"]
 
 
 class MixingNetwork(NetworkModel):
@@ -80,11 +80,6 @@ class MixingNetwork(NetworkModel):
         """The pathway quantities of ``h = [x, h_1, ..., h_L]``, each computed once."""
         return Flow(self.pathways, h, P)
 
-    def basal(self, h, P):
-        """``[f_1(x), ..., f_L(h_{L-1})]`` for ``h = [x, h_1, ..., h_L]``  (6.2)."""
-        flow = self.flow(h, P)
-        return [flow.basal(i) for i in range(1, self.depth + 1)]
-
     def apical(self, t, h, drive, P):
         """``[g_1(h_2), ..., g_{L-1}(h_L), h_L^trgt]``; the teaching signal is gated by
         ``teach`` (``h_L`` when off: the output is short-circuited, (6.29))."""
@@ -92,17 +87,15 @@ class MixingNetwork(NetworkModel):
 
     def _apicals(self, t, flow, drive):
         teach = drive.gate("teach", t)
-        return [self._apical(i, flow.h, drive, teach, flow.feedback)
-                for i in range(1, self.depth + 1)]
+        return [flow.feedback(i) for i in range(1, self.depth)] + \
+            [self._output_target(flow.h, drive, teach)]
 
-    def _apical(self, i, h, drive, teach, feedback):
-        """``g_i(h_{i+1})`` (``feedback(i)``), or the gated teaching signal ``h_L^trgt`` for
-        ``i = L`` (``h_L`` itself while a constant gate is off)."""
-        if i < self.depth:
-            return feedback(i)
+    def _output_target(self, h, drive, teach):
+        """The gated teaching signal ``h_L^trgt`` (``h_L`` itself while a constant gate is
+        off)."""
         if _off(teach):
-            return h[i]
-        return drive.teaching.output_target(h[i], teach)
+            return h[self.depth]
+        return drive.teaching.output_target(h[self.depth], teach)
 
     def field(self, t, y, drive, P):
         """``dh_i/dt`` (6.1), then the rates of the model's other variables
@@ -199,7 +192,7 @@ class MixingNetwork(NetworkModel):
         ``h_L = (1-mu) f_L + mu h_L`` is solved exactly, ``h_L = f_L``."""
         if _off(teach):
             return f
-        mixed = torch.lerp(f, self._apical(self.depth, h, drive, teach, None), self.mu)
+        mixed = torch.lerp(f, self._output_target(h, drive, teach), self.mu)
         if isinstance(teach, torch.Tensor) and teach.dim() > 0:
             return torch.where(teach == 0, f, mixed)
         return mixed
