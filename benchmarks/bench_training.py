@@ -168,6 +168,31 @@ def dtp_learner(a, model, mode="quasi_static", present_kwargs=None):
                             mode=mode, eta_hat=a.eta_hat, present_kwargs=present_kwargs)
 
 
+class BareSGD:
+    """A bare PyTorch SGD loop on the same network and initial weights (autograd through
+    ``F.linear`` and the transfer, cross-entropy, in-place update): no finiteness checks, no
+    update norms — the cost of backprop without the training loop's bookkeeping, reported
+    next to ``BackpropLearner`` (which goes through the same ``step`` as the dendritic
+    learner)."""
+
+    def __init__(self, model, lr):
+        self.pathways, self.lr = model.pathways, lr
+        self.params = [p.detach().clone().requires_grad_(True)
+                       for name in ("W", "b") for p in model.params[name] if p is not None]
+        self.depth = model.depth
+
+    def step(self, x, y):
+        weights, biases = self.params[:self.depth], self.params[self.depth:] or \
+            [None] * self.depth
+        h = x
+        for i in range(self.depth):
+            h = self.pathways.transfers[i](torch.nn.functional.linear(h, weights[i], biases[i]))
+        grads = torch.autograd.grad(torch.nn.functional.cross_entropy(h, y), self.params)
+        with torch.no_grad():
+            for p, g in zip(self.params, grads):
+                p.sub_(self.lr * g)
+
+
 def log(msg):
     print(msg, file=sys.stderr, flush=True)
 
@@ -255,7 +280,8 @@ def timing(a, data):
     def fresh():
         model = two_phase(a, [64, a.hidden, a.hidden, 10], seed=0)
         bp = BackpropLearner(model, lr=a.bp_lr)               # copies the initial weights
-        return {"quasi_static": dtp_learner(a, model), "backprop": bp}
+        return {"quasi_static": dtp_learner(a, model), "backprop": bp,
+                "bare_backprop": BareSGD(model, a.bp_lr)}
 
     def epoch(name, learner, subset):
         t0 = time.perf_counter()
@@ -299,8 +325,10 @@ def timing(a, data):
             "seconds_per_epoch": {**first, **coupled},
             "trained_seconds_per_epoch": trained,
             "quasi_static/backprop": first["quasi_static"] / first["backprop"],
+            "quasi_static/bare_backprop": first["quasi_static"] / first["bare_backprop"],
             "trained quasi_static/backprop": trained["quasi_static"] / trained["backprop"],
             "coupled/backprop": coupled["coupled"] / first["backprop"],
+            "coupled/bare_backprop": coupled["coupled"] / first["bare_backprop"],
             "coupled_rk4/backprop": coupled["coupled_rk4"] / first["backprop"],
             "coupled_dopri5/backprop": coupled["coupled_dopri5"] / first["backprop"],
             "extrapolated": {"quasi_static": a.quick, "backprop": a.quick, "coupled": True}}
@@ -370,6 +398,10 @@ def main(argv=None):
             table.append((f"digits epoch wall time: {label} / backprop", "ratio",
                           f"~{tm[key + '/backprop']:7.0f}",
                           f"~{sec[key]:.1f} s / {sec['backprop']:.3f} s"))
+        table.append(("  against a bare SGD loop (no bookkeeping): quasi-static / coupled heun3",
+                      "ratio", f"{tm['quasi_static/bare_backprop']:.1f} / "
+                               f"~{tm['coupled/bare_backprop']:.0f}",
+                      f"bare {sec['bare_backprop']:.3f} s"))
     results["wall_time_s"] = time.perf_counter() - t_start
     print(f"\nbench_training ({'quick' if a.quick else 'full'}; dtype {a.dtype}; "
           f"two-phase mu={a.mu} slope={a.slope} eta={a.eta} (x((1-mu)/mu)^(L+1-i)) "

@@ -74,7 +74,7 @@ import numpy as np
 import torch
 
 from .files import atomic_write
-from .errors import NumericalError, check_range
+from .errors import NumericalError, all_finite, check_range
 from .teaching import LOSSES, Nudge, loss_gradient, loss_value
 
 __all__ = ["DendriticLearner", "BackpropLearner", "History", "train", "plot_history",
@@ -208,7 +208,7 @@ def _cosine(u: torch.Tensor, v: torch.Tensor) -> float:
 def _check_finite_params(params: dict):
     for name, values in params.items():
         for i, p in enumerate(values, start=1):
-            if p is not None and not bool(torch.isfinite(p).all()):
+            if p is not None and not all_finite(p):
                 raise NumericalError(f"training diverged: {name}_{i} is not finite after this "
                                      "update (not applied); lower the learning rates")
 
