@@ -12,7 +12,9 @@ dendritic network learns) on the same seeded mini-batches, and reports the final
    mixture model with the plasticity (6.17) vs backprop; reported as the reduction factor of
    the test MSE, ``MSE(initial weights) / MSE(final)``.
 4. wall time of one digits epoch (same network, batch size and batches): quasi-static two-phase
-   DTP / backprop and coupled two-phase DTP / backprop. The quasi-static and backprop epochs
+   DTP / backprop and coupled two-phase DTP / backprop, and both against a bare PyTorch SGD loop
+   (:class:`BareSGD`: the backprop learner without the training loop's per-step bookkeeping,
+   about a third of its epoch). The quasi-static and backprop epochs
    are timed in full, alternated, best of ``--timing-reps``, both for the first epoch and
    after ``--timing-warm-epochs`` epochs of training. The coupled mode (one ODE for activity,
    traces and weights) is timed in three configurations, best of ``--timing-reps`` runs of
