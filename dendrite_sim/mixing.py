@@ -134,9 +134,17 @@ class MixingNetwork(NetworkModel):
                 self.plastic_rates(t, parts, flow, drive))
 
     def plastic_rates(self, t, parts, flow, drive) -> dict:
-        """``{name: per-layer rates}`` from the unpacked state and its :class:`Flow` (each
-        model its rules, from the templates :meth:`forward_rates` and :meth:`feedback_rates`)."""
-        raise NotImplementedError(f"{type(self).__name__} has no plasticity rules")
+        """``{name: per-layer rates}`` from the unpacked state and its :class:`Flow`:
+        :meth:`forward_rates` with the model's :meth:`forward_errors`, and
+        :meth:`feedback_rates` for learned feedback."""
+        rates = self.forward_rates(t, flow, self.forward_errors(parts, flow), drive)
+        if "Q" in flow.P:
+            rates["Q"] = self.feedback_rates(t, flow, drive)
+        return rates
+
+    def forward_errors(self, parts, flow) -> list:
+        """``[e_1, ..., e_L]``, the errors the forward rule (6.17)/(6.35) moves ``W`` by."""
+        raise NotImplementedError(f"{type(self).__name__} has no forward plasticity rule")
 
     def relaxation(self, t, y, drive, P, step, variables=None):
         """A map whose fixed points are the equilibria: the activity by one :meth:`layer_sweep`,

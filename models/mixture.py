@@ -63,10 +63,6 @@ class Mixture(MixingNetwork):
         """The forward pass ``h_i = f_i(h_{i-1})`` (the free equilibrium with exact inverses)."""
         return torch.cat(self.forward_pass(drive.x, P), dim=-1)
 
-    def plastic_rates(self, t, parts, flow, drive):
-        """(6.17) for ``W, b`` with ``e_i = f_i(h_{i-1}) - h_i``; (6.26) for ``Q``."""
-        errors = [flow.basal(i) - hi for i, hi in enumerate(parts["h"], start=1)]
-        rates = self.forward_rates(t, flow, errors, drive)
-        if "Q" in flow.P:
-            rates["Q"] = self.feedback_rates(t, flow, drive)
-        return rates
+    def forward_errors(self, parts, flow):
+        """(6.17): ``e_i = f_i(h_{i-1}) - h_i``; ``Q`` follows (6.26)."""
+        return [flow.basal(i) - hi for i, hi in enumerate(parts["h"], start=1)]

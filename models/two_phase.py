@@ -114,11 +114,7 @@ class TwoPhaseDTP(MixingNetwork):
         state = torch.cat(self.forward_pass(drive.x, P), dim=-1)
         return torch.cat([state, state], dim=-1)
 
-    def plastic_rates(self, t, parts, flow, drive):
-        """(6.35) for ``W, b`` with ``e_i = z_i - h_i`` (``D^l`` at the current, learning-phase
-        activity); (6.37) for ``Q``."""
-        errors = [z - hi for z, hi in zip(parts["z"], parts["h"])]
-        rates = self.forward_rates(t, flow, errors, drive)
-        if "Q" in flow.P:
-            rates["Q"] = self.feedback_rates(t, flow, drive)
-        return rates
+    def forward_errors(self, parts, flow):
+        """(6.35): ``e_i = z_i - h_i`` (``D^l`` at the current, learning-phase activity);
+        ``Q`` follows (6.37)."""
+        return [z - hi for z, hi in zip(parts["z"], parts["h"])]
