@@ -83,6 +83,7 @@ SOLVER = {
     "step_size": ("number", None),      # fixed-step methods only
     "max_abs": ("number", 1e6),
     "tol": ("number", None),            # equilibrium residual (None: dtype default)
+    "rate_tol": ("number", None),       # quasi-static, feedback-only phases (learning.present)
     "max_iter": ("int", 50),
     "equilibrium": ("str", "auto"),     # fixed_point method
     "dense_limit": ("int", None),
@@ -692,13 +693,11 @@ def build_data(cfg: dict):
 def learner_options(cfg: dict) -> tuple[dict, dict]:
     """``(present_kwargs, fixed_point_kwargs)`` from the ``[solver]`` section."""
     s = cfg["solver"]
-    present = {k: s[k] for k in ("method", "rtol", "atol", "step_size", "max_abs", "tol",
-                                 "max_iter") if s.get(k) is not None}
-    if cfg["training"]["mode"] == "quasi_static":
-        present = {k: v for k, v in present.items() if k in ("tol", "max_iter")}
-    else:
-        present.pop("tol", None)
-        present.pop("max_iter", None)
+    equilibrium = ("tol", "rate_tol", "max_iter")
+    present = {k: s[k] for k in ("method", "rtol", "atol", "step_size", "max_abs")
+               + equilibrium if s.get(k) is not None}
+    quasi_static = cfg["training"]["mode"] == "quasi_static"
+    present = {k: v for k, v in present.items() if (k in equilibrium) == quasi_static}
     fixed = {k: s[k] for k in ("tol", "max_iter", "dense_limit") if s.get(k) is not None}
     if s.get("equilibrium"):
         fixed["method"] = s["equilibrium"]

@@ -403,13 +403,18 @@ def fixed_point(model: NetworkModel, x, target=None, *, y0=None, tol=None, max_i
                              settle_steps=settle_steps)
 
 
+def default_tol(dtype: torch.dtype) -> float:
+    """The default residual tolerance on ``max |dy/dt|``: 1e-10 in float64, 1e-5 otherwise."""
+    return 1e-10 if dtype == torch.float64 else 1e-5
+
+
 def solve_equilibrium(model: NetworkModel, drive: Drive, y: torch.Tensor, params, prepared, *,
                       tol=None, max_iter=50, method="auto", dense_limit=64, settle_time=None,
                       settle_steps=2000) -> Equilibrium:
     """:func:`fixed_point` on an already validated ``drive`` from the state ``y``, with
     ``prepared = model.prepare(params)`` (engine-level: nothing is checked; used by the
     training loop, which validates its inputs once per presentation)."""
-    tol = (1e-10 if model.dtype == torch.float64 else 1e-5) if tol is None else tol
+    tol = default_tol(model.dtype) if tol is None else tol
     residual = _Residual(model, drive, prepared)
     auto = ("newton",) if model.state_size <= dense_limit else ("anderson", "newton_krylov")
     plan = {"auto": auto, "integrate": ()}.get(method, (method,))

@@ -19,7 +19,13 @@ parameters it ends with. Two modes:
        (:func:`~dendrite_sim.equilibrium.fixed_point`, warm-started from the previous phase's
        end state). The slow variables (``model.slow_variables``, e.g. the two-phase trace
        ``z``), and any other variable whose rate is identically zero under these gates, are
-       held: the equilibrium is solved on the subspace of the activity (see :class:`Frozen`);
+       held: the equilibrium is solved on the subspace of the activity (see :class:`Frozen`).
+       A phase that trains only ``model.coarse_rate_groups`` (the feedback weights of the
+       mixing models, whose rules read the reconstruction error, of the activity's size) is
+       solved to the coarser ``rate_tol`` here: its equilibrium only sets the rates, and step
+       4 re-solves the phase's end state to ``tol`` (two-phase DTP, digits: the free phase's
+       ``Delta Q`` moves by 2e-5 relative at ``rate_tol`` 1e-3 against 1e-12, in 4.3 instead
+       of 7.7 sweeps; the quasi-static approximation itself is 5e-2 from coupled mode);
     2. the slow variables relax componentwise and linearly toward the value the activity sets,
        ``dv/dt = -k (v - v*)`` (``k = 0`` while a trace holds); their trajectory over the phase
        is taken in closed form, ``v(t) = v* + exp(-k t) (v0 - v*)`` (exact for a linear trace
@@ -32,7 +38,8 @@ parameters it ends with. Two modes:
        (relative error ~ ``tau / duration``) and the change of the equilibrium as the weights
        move within the phase (relative error ~ ``eta * duration``): the quasi-static
        approximation.
-    4. if the weights moved, re-solve the equilibrium at the updated weights (warm start): the
+    4. if the weights moved (or step 1 was coarse), re-solve the equilibrium at the updated
+       weights (warm start): the
        phase ends at the equilibrium of the weights it ends with, so a trace that followed the
        activity remembers the end-of-phase value, as in coupled mode. For a model with
        ``gates_per_example`` whose only other variables are slow (the activity does not
@@ -58,7 +65,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .equilibrium import solve_equilibrium
+from .equilibrium import default_tol, solve_equilibrium
 from .errors import NumericalError, all_finite, check_range
 from .integrate import FIXED_STEP, METHODS, integrate_drive
 from .layout import Layout
@@ -93,7 +100,8 @@ class Presentation:
 
 def present(model: NetworkModel, x, target, schedule: Schedule, mode: str = "quasi_static",
             params=None, *, method: str = "dopri5", rtol: float = 1e-6, atol: float = 1e-8,
-            max_abs: float = 1e6, step_size=None, tol=None, max_iter: int = 50,
+            max_abs: float = 1e6, step_size=None, tol=None, rate_tol=None,
+            max_iter: int = 50,
             require_plastic=("W",), end_state: bool = True) -> Presentation:
     """Show the batch ``x`` with teaching ``target`` for ``schedule``; return the new weights.
 
@@ -110,7 +118,11 @@ def present(model: NetworkModel, x, target, schedule: Schedule, mode: str = "qua
         and as accurate (``method="heun3"`` or ``"rk4"``, ``step_size=tau``: weight changes
         within 2.5e-4 / 1e-4 of a tight solution on digits in float64, dopri5 1.8e-4; in
         float32 all sit at float32's own error; benchmarks/bench_training.py).
-    tol, max_iter : equilibrium settings of :func:`fixed_point` (quasi-static mode).
+    tol, max_iter : equilibrium settings of :func:`fixed_point` (quasi-static mode); ``tol``
+        defaults to 1e-10 (float64) or 1e-5 (float32).
+    rate_tol : tolerance of an equilibrium that only sets the rates of a phase training
+        nothing but ``model.coarse_rate_groups`` (quasi-static mode, step 1 of the module
+        docstring); default ``min(1e-3, sqrt(tol))``, never below ``tol``.
     require_plastic : parameter groups the schedule must make plastic somewhere when the
         model learns them (``ValueError`` otherwise); ``()`` allows e.g. a sleep-only schedule.
     end_state : quasi-static mode: also solve the equilibrium at the weights the last phase
@@ -129,6 +141,10 @@ def present(model: NetworkModel, x, target, schedule: Schedule, mode: str = "qua
     check_range("max_abs", max_abs, low=0.0, low_open=True)
     if step_size is not None:
         check_range("step_size", step_size, low=0.0, low_open=True)
+    tol = default_tol(model.dtype) if tol is None else \
+        check_range("tol", tol, low=0.0, low_open=True)
+    rate_tol = max(tol, min(1e-3, math.sqrt(tol))) if rate_tol is None else \
+        check_range("rate_tol", rate_tol, low=tol)
     if method in FIXED_STEP and step_size is None:
         raise ValueError(f"method {method!r} is fixed-step: give step_size > 0")
     params = model.params if params is None else params
@@ -136,7 +152,8 @@ def present(model: NetworkModel, x, target, schedule: Schedule, mode: str = "qua
     if mode == "coupled":
         return _coupled(model, x, target, schedule, params, method, rtol, atol, max_abs,
                         step_size)
-    return _quasi_static(model, x, target, schedule, params, tol, max_iter, end_state)
+    return _quasi_static(model, x, target, schedule, params, tol, rate_tol, max_iter,
+                         end_state)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -175,7 +192,7 @@ def _constant(gates: dict):
     return lambda t: gates
 
 
-def _quasi_static(model, x, target, schedule, params, tol, max_iter, end_state):
+def _quasi_static(model, x, target, schedule, params, tol, rate_tol, max_iter, end_state):
     params = _copy_params(params)
     base = model.drive(x, target)                        # validated once
     prepared = model.prepare(params)                     # again whenever the weights move
@@ -184,6 +201,7 @@ def _quasi_static(model, x, target, schedule, params, tol, max_iter, end_state):
     others = [v for v in model.layout.variables if v != model.activity and v not in slow]
     pair = model.gates_per_example and not others
     phases, solve = schedule.phases, dict(tol=tol, max_iter=max_iter)
+    coarse_solve = dict(solve, tol=rate_tol)
     states, nfev, converged, worst, ahead = {}, 0, True, 0.0, None
     t0 = 0.0
     for k, phase in enumerate(phases):
@@ -191,9 +209,11 @@ def _quasi_static(model, x, target, schedule, params, tol, max_iter, end_state):
         held = slow + tuple(v for v in (frozen_variables(model, drive, prepared, y, t0)
                                         if others else ()) if v not in slow)
         view = Frozen(model, held, y) if held else model
+        coarse = ahead is None and _trains_coarse_groups_only(model, phase, params)
         if ahead is None:
-            y_star, eq = _equilibrate(view, y, drive, params, prepared, solve)
-            nfev, converged, worst = _tally(eq, phase, nfev, converged, worst)
+            y_star, eq = _equilibrate(view, y, drive, params, prepared,
+                                      coarse_solve if coarse else solve)
+            nfev, converged, worst = _tally(eq, phase, nfev, converged, worst, final=not coarse)
         else:        # solved with the previous phase's re-solve; the held blocks are y's
             y_star, ahead = (view.embed(view.restrict(ahead)) if held else ahead), None
         y, y_mean = _relax_slow(model, drive, prepared, y_star, slow, t0, phase.duration)
@@ -202,7 +222,7 @@ def _quasi_static(model, x, target, schedule, params, tol, max_iter, end_state):
         last = k == len(phases) - 1
         if last and not end_state:
             break
-        if _moving(model, rates):  # the phase ends at the equilibrium of its end weights
+        if coarse or _moving(model, rates):  # end at the equilibrium of the end weights, to tol
             prepared = model.prepare(params)
             if pair and not last:
                 y_star, ahead, eq = _equilibrate_pair(view, y_star, drive, phases[k + 1],
@@ -226,6 +246,12 @@ def _euler_step(model, params, rates, duration):
             params[name] = [p if p is None or r is None else torch.add(p, r, alpha=duration)
                             for p, r in zip(params[name], rates[name])]
     return params
+
+
+def _trains_coarse_groups_only(model, phase, params) -> bool:
+    """Whether ``phase`` trains something, and only groups of ``model.coarse_rate_groups``."""
+    groups = _plastic_groups(model, phase, params)
+    return bool(groups) and set(groups) <= set(model.coarse_rate_groups)
 
 
 def _moving(model, rates) -> bool:
@@ -269,12 +295,14 @@ def _equilibrate_pair(view, y, drive, following, params, prepared, solve):
     return y_both[:batch], y_both[batch:], eq
 
 
-def _tally(eq, phase, nfev, converged, worst):
+def _tally(eq, phase, nfev, converged, worst, final=True):
+    """Counts, convergence and the largest residual of the equilibria at ``tol`` (``final``;
+    a coarse one, re-solved later, adds its evaluations and convergence only)."""
     if not all_finite(eq.y):
         raise NumericalError(f"quasi-static presentation: the equilibrium of phase "
                              f"{phase.name!r} is not finite")
     return (nfev + eq.nfev, converged and eq.all_converged,
-            max(worst, float(eq.residual.max())))
+            max(worst, float(eq.residual.max())) if final else worst)
 
 
 def _relax_slow(model, drive, prepared, y, variables, t0, duration):

@@ -33,6 +33,9 @@ class MixingNetwork(NetworkModel):
     picard_relaxation = False   # the layer sweep
     relaxation_factor = 1.15    # over-relaxed sweeps: ~20 % fewer on digits (derivations §7)
     gates_per_example = True    # gates enter as factors of the teaching signal and rates
+    # (6.26)/(6.37) read the reconstruction error g_i(h_{i+1}) - h_i, of the activity's size;
+    # (6.17)/(6.35) read differences of order mu * eta_hat and need the full tolerance
+    coarse_rate_groups = ("Q",)
 
     def __init__(self, sizes, mu, tau, feedback, transfer, slope, bias, seed, dtype, device,
                  form, feedback_gain, eta, eta_inv, weight_decay, compensate_decay,

@@ -123,6 +123,11 @@ class NetworkModel:
     relaxation_factor = 1.0
     #: parameter names the model has plasticity rules for (subset of ``params``)
     plastic_params: tuple[str, ...] = ()
+    #: plastic groups whose rules read quantities of the size of the activity at one
+    #: equilibrium (e.g. a reconstruction error), not a small difference between equilibria:
+    #: the quasi-static learner evaluates a phase that trains only these at an equilibrium
+    #: solved to the coarser ``rate_tol`` (``learning.present``)
+    coarse_rate_groups: tuple[str, ...] = ()
     #: whether :meth:`field` and :meth:`relaxation` accept gates given per example
     #: (``Drive.example_gates``, ``(B, 1)`` tensors broadcast over each example's units); the
     #: quasi-static learner then solves two phases' equilibria as one batch

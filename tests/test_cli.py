@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from dendrite_sim.cli import main
-from dendrite_sim.config import (ConfigError, default_config_path, load_config, model_names,
-                                 validate_config)
+from dendrite_sim.config import (ConfigError, default_config_path, learner_options,
+                                 load_config, model_names, validate_config)
 
 try:
     import tomllib
@@ -180,6 +180,18 @@ def test_set_values_are_toml_literals_and_bare_words():
     assert cfg["training"]["eta_hat"] == 0.5 and cfg["data"]["name"] == "mnist1d"
     assert cfg["data"]["n_train"] == 100 and cfg["training"]["loss"] == "mse"
     assert cfg["training"]["baseline"] is False
+
+
+def test_solver_section_splits_by_training_mode():
+    """Equilibrium settings go to quasi-static presentations, integrator settings to coupled
+    ones; ``fixed_point`` gets the equilibrium tolerance either way."""
+    solver = ["solver.tol=1e-6", "solver.rate_tol=1e-4", "solver.method=heun3",
+              "solver.step_size=1.0"]
+    quasi, fixed = learner_options(load_config("two_phase", solver))
+    assert quasi == {"tol": 1e-6, "rate_tol": 1e-4, "max_iter": 50} and fixed["tol"] == 1e-6
+    coupled, _ = learner_options(load_config("two_phase", solver + ["training.mode=coupled"]))
+    assert coupled == {"method": "heun3", "step_size": 1.0, "rtol": 1e-6, "atol": 1e-8,
+                       "max_abs": 1e6}
 
 
 @pytest.mark.parametrize("override, key", [
