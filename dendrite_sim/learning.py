@@ -418,10 +418,11 @@ class _FrozenDrive(Drive):
 
 @functools.lru_cache(maxsize=64)
 def _frozen_columns(layout_key, frozen, device):
-    """Columns of the active and of the held variables of a state with layout
-    ``layout_key`` (``((variable, widths), ...)``), the order that maps ``cat([active,
-    held])`` back to the state, and whether that order is the identity (the held variables
-    come last, e.g. the two-phase trace after the activity)."""
+    """The layout of the active variables of a state with layout ``layout_key``
+    (``((variable, widths), ...)``), the columns of the active and of the held variables,
+    the order that maps ``cat([active, held])`` back to the state, and whether that order is
+    the identity (the held variables come last, e.g. the two-phase trace after the
+    activity)."""
     layout = Layout(dict(layout_key))
     cols = torch.arange(layout.size, device=device)
     keep = torch.ones(layout.size, dtype=torch.bool, device=device)
@@ -429,7 +430,8 @@ def _frozen_columns(layout_key, frozen, device):
         keep[layout.variable_slice(v)] = False
     active, held = cols[keep], cols[~keep]
     order = torch.argsort(torch.cat([active, held]))
-    return active, held, order, bool((order == cols).all())
+    active_layout = Layout({v: list(w) for v, w in layout_key if v not in frozen})
+    return active_layout, active, held, order, bool((order == cols).all())
 
 
 class Frozen(NetworkModel):
@@ -450,12 +452,10 @@ class Frozen(NetworkModel):
         self.sizes, self.dtype, self.device = model.sizes, model.dtype, model.device
         self.activity, self.params, self.plastic_params = model.activity, model.params, ()
         self.frozen = tuple(frozen)
-        self.layout = Layout({v: w for v, w in model.layout.variables.items()
-                              if v not in self.frozen})
         layout_key = tuple((v, tuple(w)) for v, w in model.layout.variables.items())
-        self._active, self._held, self._order, self._trailing = _frozen_columns(
-            layout_key, self.frozen, model.device)
-        self.hold = y_hold[:, self._held]
+        self.layout, self._active, self._held, self._order, self._trailing = \
+            _frozen_columns(layout_key, self.frozen, model.device)
+        self.hold = y_hold[:, self._active.numel():] if self._trailing else y_hold[:, self._held]
         self.time_scale = float(getattr(model, "time_scale", getattr(model, "tau", 1.0)))
         self._variables = tuple(self.layout.variables)
         # only the activity moves and the activity does not read what is held
