@@ -17,14 +17,20 @@ dendritic network learns) on the same seeded mini-batches, and reports the final
    about a third of its epoch). The quasi-static and backprop epochs
    are timed in full, alternated, best of ``--timing-reps``, both for the first epoch and
    after ``--timing-warm-epochs`` epochs of training. The coupled mode (one ODE for activity,
-   traces and weights) is timed in three configurations, best of ``--timing-reps`` runs of
-   ``--coupled-batches`` batches extrapolated to an epoch (marked ``~``): fixed steps of
-   ``--coupled-step`` = tau with heun3 (3 evaluations per tau) and rk4 (4), and dopri5 at its
-   default tolerances (rtol 1e-6, ~230 evaluations per presentation). Measured on one
-   presentation, relative error of the weight changes against dopri5 at rtol 1e-10: float64
-   heun3 2.5e-4 / rk4 1e-4 / dopri5 1.8e-4 for ``W_1``; in float32 all three sit at
-   float32's own error (2e-2 for ``W_1``, 0.2 for ``Q_1``). tests/test_two_phase.py checks
-   the fixed steps on a small network. Its
+   traces and weights) is timed in the integrator configurations ``--coupled`` (the first is
+   the headline), best of ``--timing-reps`` runs of ``--coupled-batches`` batches
+   extrapolated to an epoch (marked ``~``): by default fixed steps of heun3 at 1.25 tau (96
+   evaluations per presentation), midpoint at tau (80), heun3 and rk4 at tau (120, 160), and
+   dopri5 at its default tolerances (rtol 1e-6, ~230). The digits network's Jacobian has real
+   eigenvalues in [-1.59, -0.40]/tau from initialisation through 30 epochs of training, so
+   the explicit steps are stable up to 2/1.59 = 1.26 tau (midpoint), 2.51/1.59 = 1.58 tau
+   (heun3) and 2.79/1.59 = 1.75 tau (rk4; it blows up at 1.8). Relative error of one
+   presentation's weight changes against dopri5 at rtol 1e-10, float64, worst of
+   ``W_1..3, Q_1..2``: heun3 at 1.25 tau 7.1e-4, midpoint at tau 5.0e-3, heun3 at tau
+   3.6e-4, rk4 at tau 2.4e-4, dopri5 1.8e-4 (docs/derivations.md §8); in float32 all sit
+   at float32's own error (2e-2 for ``W_1``, 0.2 for ``Q_1``). tests/test_two_phase.py
+   checks the fixed steps on a small network (midpoint at tau: 7e-3 there, above the test's
+   5e-3). Its
    rates are multiplied by ``--timing-rate-scale`` (2e-4) here: with the training rates the
    coupled learning phase runs away — (6.35) is a positive feedback while ``W`` moves within
    the phase (``h_i`` follows ``W_i`` away from the held ``z_i``, growth factor about
@@ -124,9 +130,11 @@ def parse(argv=None):
                         "diverges)")
     # timing
     p.add_argument("--coupled-batches", type=int, default=None)
-    p.add_argument("--coupled-step", type=float, default=1.0,
-                   help="step of the fixed-step (heun3, rk4) coupled timings (tau = 1); "
-                        "dopri5 at its default tolerances is timed too")
+    p.add_argument("--coupled", nargs="+", metavar="METHOD[:STEP]",
+                   default=["heun3:1.25", "midpoint:1", "heun3:1", "rk4:1", "dopri5"],
+                   help="integrators of the coupled timings: a fixed-step method with its step "
+                        "(tau = 1), or an adaptive one at its default tolerances; the first "
+                        "is the headline")
     p.add_argument("--timing-reps", type=int, default=3,
                    help="timed epochs per learner and regime (the best is kept)")
     p.add_argument("--timing-warm-epochs", type=int, default=5,
@@ -304,13 +312,10 @@ def timing(a, data):
         return best
 
     def coupled_learners():
-        configs = {"coupled": {"method": "heun3", "step_size": a.coupled_step},
-                   "coupled_rk4": {"method": "rk4", "step_size": a.coupled_step},
-                   "coupled_dopri5": {}}
-        return {name: dtp_learner(a, two_phase(a, [64, a.hidden, a.hidden, 10], seed=0,
+        return {spec: dtp_learner(a, two_phase(a, [64, a.hidden, a.hidden, 10], seed=0,
                                                scale=a.timing_rate_scale),
-                                  mode="coupled", present_kwargs=kwargs)
-                for name, kwargs in configs.items()}
+                                  mode="coupled", present_kwargs=integrator(spec))
+                for spec in a.coupled}
 
     first = best_of(fresh)
     trained_learners = fresh()
@@ -320,20 +325,30 @@ def timing(a, data):
     trained = best_of(lambda: trained_learners)
     coupled = best_of(coupled_learners, batches[:a.coupled_batches])
     log(f"[timing] first epoch {first}, trained {trained}, coupled {coupled}")
+    headline = coupled[a.coupled[0]]
     return {"batches_per_epoch": n_epoch, "reps": a.timing_reps,
             "warm_epochs": a.timing_warm_epochs, "rate_scale": a.timing_rate_scale,
             "coupled_batches": a.coupled_batches, "failures": failures,
-            "coupled_step": a.coupled_step,
-            "seconds_per_epoch": {**first, **coupled},
+            "seconds_per_epoch": first, "coupled_seconds_per_epoch": coupled,
             "trained_seconds_per_epoch": trained,
             "quasi_static/backprop": first["quasi_static"] / first["backprop"],
             "quasi_static/bare_backprop": first["quasi_static"] / first["bare_backprop"],
             "trained quasi_static/backprop": trained["quasi_static"] / trained["backprop"],
-            "coupled/backprop": coupled["coupled"] / first["backprop"],
-            "coupled/bare_backprop": coupled["coupled"] / first["bare_backprop"],
-            "coupled_rk4/backprop": coupled["coupled_rk4"] / first["backprop"],
-            "coupled_dopri5/backprop": coupled["coupled_dopri5"] / first["backprop"],
+            "coupled/backprop": {spec: t / first["backprop"] for spec, t in coupled.items()},
+            "coupled/bare_backprop": headline / first["bare_backprop"],
             "extrapolated": {"quasi_static": a.quick, "backprop": a.quick, "coupled": True}}
+
+
+def integrator(spec: str) -> dict:
+    """``present`` keyword arguments of ``METHOD[:STEP]`` (a fixed step in units of tau, or an
+    adaptive method at its default tolerances)."""
+    method, _, step = spec.partition(":")
+    return {"method": method, **({"step_size": float(step)} if step else {})}
+
+
+def integrator_label(spec: str) -> str:
+    method, _, step = spec.partition(":")
+    return f"{method}, step {step} tau" if step else f"{method}, rtol 1e-6"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -394,15 +409,14 @@ def main(argv=None):
         table.append((f"  same, after {tm['warm_epochs']} epochs of training", "ratio",
                       f"{tm['trained quasi_static/backprop']:8.1f}",
                       f"{trained['quasi_static']:.2f} s / {trained['backprop']:.3f} s"))
-        for key, label in (("coupled", f"coupled (heun3, step {tm['coupled_step']:g})"),
-                           ("coupled_rk4", f"coupled (rk4, step {tm['coupled_step']:g})"),
-                           ("coupled_dopri5", "coupled (dopri5, rtol 1e-6)")):
-            table.append((f"digits epoch wall time: {label} / backprop", "ratio",
-                          f"~{tm[key + '/backprop']:7.0f}",
-                          f"~{sec[key]:.1f} s / {sec['backprop']:.3f} s"))
-        table.append(("  against a bare SGD loop (no bookkeeping): quasi-static / coupled heun3",
-                      "ratio", f"{tm['quasi_static/bare_backprop']:.1f} / "
-                               f"~{tm['coupled/bare_backprop']:.0f}",
+        for spec, ratio in tm["coupled/backprop"].items():
+            table.append((f"digits epoch wall time: coupled ({integrator_label(spec)}) / "
+                          "backprop", "ratio", f"~{ratio:7.0f}",
+                          f"~{tm['coupled_seconds_per_epoch'][spec]:.1f} s / "
+                          f"{sec['backprop']:.3f} s"))
+        table.append((f"  against a bare SGD loop (no bookkeeping): quasi-static / coupled "
+                      f"({a.coupled[0]})", "ratio", f"{tm['quasi_static/bare_backprop']:.1f} / "
+                      f"~{tm['coupled/bare_backprop']:.0f}",
                       f"bare {sec['bare_backprop']:.3f} s"))
     results["wall_time_s"] = time.perf_counter() - t_start
     print(f"\nbench_training ({'quick' if a.quick else 'full'}; dtype {a.dtype}; "

@@ -114,10 +114,13 @@ def present(model: NetworkModel, x, target, schedule: Schedule, mode: str = "qua
     mode : ``"quasi_static"`` or ``"coupled"`` (module docstring).
     params : parameters to start from (default ``model.params``); never modified.
     method, rtol, atol, step_size, max_abs : integration settings (coupled mode). For
-        training, fixed steps of one time constant are 3-6x faster than dopri5 at rtol 1e-6
-        and as accurate (``method="heun3"`` or ``"rk4"``, ``step_size=tau``: weight changes
-        within 2.5e-4 / 1e-4 of a tight solution on digits in float64, dopri5 1.8e-4; in
-        float32 all sit at float32's own error; benchmarks/bench_training.py).
+        training, fixed steps of about one time constant are 4-7x faster than dopri5 at rtol
+        1e-6 and nearly as accurate (``method="heun3"``, ``step_size=1.25 * tau``: weight
+        changes within 7e-4 of a tight solution on digits in float64, dopri5 1.8e-4; in
+        float32 all sit at float32's own error). Stability bounds the step: ``step_size *
+        |lambda|max`` must stay inside the method's real stability interval (heun3 2.51,
+        rk4 2.79, midpoint 2), ``|lambda|max`` from :func:`~dendrite_sim.spectrum` at the
+        forward pass (digits: 1.59 / tau; docs/derivations.md §8).
     tol, max_iter : equilibrium settings of :func:`fixed_point` (quasi-static mode); ``tol``
         defaults to 1e-10 (float64) or 1e-5 (float32).
     rate_tol : tolerance of an equilibrium that only sets the rates of a phase training
