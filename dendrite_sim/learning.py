@@ -39,13 +39,12 @@ parameters it ends with. Two modes:
        move within the phase (relative error ~ ``eta * duration``): the quasi-static
        approximation.
     4. if the weights moved (or step 1 was coarse), re-solve the equilibrium at the updated
-       weights (warm start): the
-       phase ends at the equilibrium of the weights it ends with, so a trace that followed the
-       activity remembers the end-of-phase value, as in coupled mode. For a model with
-       ``gates_per_example`` whose only other variables are slow (the activity does not
-       depend on them), this re-solve and the next phase's equilibrium (step 1, at the same
-       weights) are solved together as one batch of ``2B`` examples, each half with its own
-       phase's gates (:func:`_equilibrate_pair`): the same equilibria, in fewer iterations
+       weights (warm start): the phase ends at the equilibrium of the weights it ends with, so
+       a trace that followed the activity remembers the end-of-phase value, as in coupled
+       mode. For a model with ``gates_per_example`` whose only other variables are slow (the
+       activity does not depend on them), this re-solve and the next phase's equilibrium
+       (step 1, at the same weights) are solved together as one batch of ``2B`` examples,
+       each half with its own phase's gates (:func:`_equilibrate_pair`): the same equilibria, in fewer iterations
        than one solve after the other (two-phase DTP on digits: 23 instead of 31 map
        evaluations per presentation).
 

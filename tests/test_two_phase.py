@@ -235,8 +235,8 @@ def test_coupled_fixed_steps_of_about_one_time_constant_match_tight_dopri5(metho
     1.1e-3, 1.5e-3 (midpoint at 1: 7.0e-3, 2.7e-3, not asserted); at a 4x smaller step they
     are 4.6-84x smaller (heun3 at 1.25, ``W``: 4.6x; asserted > 4x). The orders are not
     clean (rk4 ``W``: 13x for the first halving, 1.7x for the second): the field is only
-    piecewise smooth (leaky-ReLU kinks). The Jacobian's eigenvalues here lie in [-1.40, 0), inside all three stability
-    intervals (heun3 2.51/1.40 = 1.8 tau). On the digits 64-128-128-10 network
+    piecewise smooth (leaky-ReLU kinks). The Jacobian's eigenvalues here reach down to
+    -1.40/tau, inside all three stability intervals (heun3: 2.51/1.40 = 1.8 tau). On the digits 64-128-128-10 network
     (benchmarks/bench_training.py) the worst errors are 2.4e-4 (rk4 at 1), 3.6e-4 (heun3 at
     1) and 7.1e-4 (heun3 at 1.25), the size of dopri5's at its default rtol 1e-6 (1.8e-4),
     and far below float32's own error there (2e-2 for ``W_1``, 0.2 for ``Q_1``)."""
@@ -353,8 +353,8 @@ def test_feedback_only_phase_sets_its_rates_at_the_coarse_tolerance():
     ``Delta Q`` within 1e-4 relative (it grows with ``rate_tol``), the learning-phase ``W``
     within 1e-6 and the phase states within 1e-5 (they follow the slightly different ``Q``;
     measured 2.5e-7 / 1.6e-5 for ``Delta Q``, 3e-8 / 1.8e-6 for the states), fewer
-    evaluations, and the reported residual that of the equilibria at ``tol``. The mixture model's single phase trains ``W`` too:
-    ``rate_tol`` leaves it alone (same evaluations)."""
+    evaluations, and the reported residual that of the equilibria at ``tol``. The mixture
+    model's single phase trains ``W`` too: ``rate_tol`` leaves it alone (same evaluations)."""
     model = TwoPhaseDTP([6, 40, 40, 3], mu=0.1, dtype=F64, seed=4, bias=True, eta=0.02,
                         eta_inv=0.02)          # 83 units: Anderson, not dense Newton
     x, teach = batch(8, 6, 11), Nudge(torch.arange(8) % 3, "cross_entropy", 0.5)
