@@ -44,9 +44,9 @@ parameters it ends with. Two modes:
        mode. For a model with ``gates_per_example`` whose only other variables are slow (the
        activity does not depend on them), this re-solve and the next phase's equilibrium
        (step 1, at the same weights) are solved together as one batch of ``2B`` examples,
-       each half with its own phase's gates (:func:`_equilibrate_pair`): the same equilibria, in fewer iterations
-       than one solve after the other (two-phase DTP on digits: 23 instead of 31 map
-       evaluations per presentation).
+       each half with its own phase's gates (:func:`_equilibrate_pair`): the same
+       equilibria, in fewer iterations than one solve after the other (two-phase DTP on
+       digits: 23 instead of 31 map evaluations per presentation).
 
 Applying all of a presentation's weight changes at its end instead (every phase at the
 starting weights, one solve per phase) looks second order in the rates but is not for
