@@ -237,9 +237,10 @@ def test_coupled_fixed_steps_of_about_one_time_constant_match_tight_dopri5(metho
     clean (rk4 ``W``: 13x for the first halving, 1.7x for the second): the field is only
     piecewise smooth (leaky-ReLU kinks). The Jacobian's eigenvalues here reach down to
     -1.40/tau, inside all three stability intervals (heun3: 2.51/1.40 = 1.8 tau). On the
-    digits 64-128-128-10 network (benchmarks/bench_training.py) the worst errors are 2.4e-4 (rk4 at 1), 3.6e-4 (heun3 at
-    1) and 7.1e-4 (heun3 at 1.25), the size of dopri5's at its default rtol 1e-6 (1.8e-4),
-    and far below float32's own error there (2e-2 for ``W_1``, 0.2 for ``Q_1``)."""
+    digits 64-128-128-10 network (benchmarks/bench_training.py) the worst errors are 2.4e-4
+    (rk4 at 1), 3.6e-4 (heun3 at 1) and 7.1e-4 (heun3 at 1.25), the size of dopri5's at its
+    default rtol 1e-6 (1.8e-4), and far below float32's own error there (2e-2 for ``W_1``,
+    0.2 for ``Q_1``)."""
     model = TwoPhaseDTP([6, 8, 8, 3], mu=0.1, dtype=F64, seed=4, bias=True, eta=0.02,
                         eta_inv=0.02)
     x, teach = batch(8, 6, 11), Nudge(torch.arange(8) % 3, "cross_entropy", 0.5)
