@@ -6,15 +6,18 @@ The public surface is a few verbs over model objects::
     from dendrite_sim import simulate, fixed_point, jacobian, spectrum
     from dendrite_sim.models import Mixture
 """
-from .continuation import Continuation, continuation
-from .equilibrium import Equilibrium, fixed_point
-from .errors import NumericalError
-from .integrate import Trajectory, simulate
-from .spectral import Jacobian, Spectrum, jacobian, spectrum
-from .teaching import Clamp, Free, Nudge
-from .transfer import make_transfer
+from dendrite_sim.dynamics.continuation import Continuation, continuation
+from dendrite_sim.dynamics.equilibrium import Equilibrium, fixed_point
+from dendrite_sim.errors import NumericalError
+from dendrite_sim.dynamics.integrate import Trajectory, simulate
+from dendrite_sim.dynamics.spectral import Jacobian, Spectrum, jacobian, spectrum
+from dendrite_sim.dynamics.teaching import Clamp, Free, Nudge
+from dendrite_sim.dynamics.transfer import make_transfer
+
+from dendrite_sim import _moved
 
 __version__ = "0.1.0"
+_moved.install()
 
 __all__ = ["simulate", "fixed_point", "jacobian", "spectrum", "continuation", "Trajectory",
            "Equilibrium", "Continuation",

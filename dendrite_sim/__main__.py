@@ -1,6 +1,6 @@
-"""``python -m dendrite_sim``: the ``dendrite-sim`` command line (see :mod:`dendrite_sim.cli`)."""
+"""``python -m dendrite_sim``: the ``dendrite-sim`` command line (see :mod:`dendrite_sim.frontend.cli`)."""
 import sys
 
-from .cli import main
+from dendrite_sim.frontend.cli import main
 
 sys.exit(main())

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import torch
 
-from dendrite_sim.mixing import MixingNetwork
-from dendrite_sim.schedule import Schedule
+from dendrite_sim.families.mixing import MixingNetwork
+from dendrite_sim.learning.schedule import Schedule
 
 __all__ = ["Mixture"]
 

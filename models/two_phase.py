@@ -32,8 +32,8 @@ from __future__ import annotations
 import torch
 
 from dendrite_sim.errors import check_range
-from dendrite_sim.mixing import MixingNetwork, relax
-from dendrite_sim.schedule import Schedule
+from dendrite_sim.families.mixing import MixingNetwork, relax
+from dendrite_sim.learning.schedule import Schedule
 
 __all__ = ["TwoPhaseDTP"]
 
@@ -48,7 +48,7 @@ class TwoPhaseDTP(MixingNetwork):
     tau : neural time constant, > 0.
     feedback : ``"learned"`` (``g_i = Q_i t_i``, default) or ``"exact"`` (``g_i = f_{i+1}^{-1}``,
         equal sizes; ``Q`` does not exist and only ``W, b`` learn).
-    transfer, slope, bias, form, feedback_gain : as in :class:`dendrite_sim.pathways.Pathways`.
+    transfer, slope, bias, form, feedback_gain : as in :class:`dendrite_sim.families.pathways.Pathways`.
     eta : forward learning rate of (6.35), scalar or one per layer, >= 0.
     eta_inv, weight_decay : feedback learning rate and ``lambda`` of (6.37), >= 0.
     trace_tau : ``T_z`` of the trace, > 0 (it must be short against the free phase so that
@@ -79,10 +79,11 @@ class TwoPhaseDTP(MixingNetwork):
         if self.phase_duration is not None:
             check_range("phase_duration", self.phase_duration, low=0.0, low_open=True)
 
-    @property
-    def time_scale(self) -> float:
-        """Slowest declared time constant (used by ``fixed_point`` for its horizons)."""
-        return max(float(self.tau), float(self.trace_tau))
+    gates = {**MixingNetwork.gates, "trace": 1.0}
+
+    def auxiliary_time_constants(self) -> dict:
+        """``T_z`` of the trace."""
+        return {"z": self.trace_tau}
 
     def default_schedule(self, T_free=None, T_learn=None, sleep=None) -> Schedule:
         """``Schedule.two_phase(T_free, T_learn, sleep)``; phases default to

@@ -86,11 +86,11 @@ def test_layer_sweep_is_bottom_up_gauss_seidel():
             h[3] - 0.2 * (torch.softmax(h[3], -1) - onehot)
         h[i] = (1 - mu) * f + mu * g
     drive = model.drive(x, target)
-    swept = model.relaxation(0.0, y, drive, model.prepare(model.params), 1.0)
+    swept = model.relaxation(0.0, y, drive, model.prepare(model.params))
     torch.testing.assert_close(swept, torch.cat(h[1:], -1), rtol=1e-13, atol=1e-13)
     # output short-circuited: the top layer solves h_3 = (1-mu) f_3 + mu h_3 exactly, f_3
     free = model.relaxation(0.0, y, model.drive(x, target, lambda t: {"teach": 0.0}),
-                            model.prepare(model.params), 1.0)
+                            model.prepare(model.params))
     torch.testing.assert_close(free[:, :48], swept[:, :48], rtol=0, atol=0)
     torch.testing.assert_close(free[:, 48:], leaky(h[2] @ W[2].T + b[2]), rtol=1e-13,
                                atol=1e-13)
@@ -119,8 +119,8 @@ def test_drive_memo_follows_its_inputs():
     torch.testing.assert_close(first, model.pathways.forward(1, x, P), rtol=0, atol=0)
     y = torch.randn(x.shape[0], model.state_size, dtype=F64,
                     generator=torch.Generator().manual_seed(2))
-    torch.testing.assert_close(model.relaxation(0.0, y, drive, P, 1.0),
-                               model.relaxation(0.0, y, model.drive(x, target), P, 1.0),
+    torch.testing.assert_close(model.relaxation(0.0, y, drive, P),
+                               model.relaxation(0.0, y, model.drive(x, target), P),
                                rtol=0, atol=0)
 
 
@@ -134,7 +134,7 @@ def test_residual_at_the_sweep_image_is_the_feedback_change():
     drive, P = model.drive(x, target), model.prepare(model.params)
     y = model.initial_state(drive, P) + 0.05 * torch.randn(x.shape[0], model.state_size,
                                                            dtype=F64, generator=gen)
-    image = model.relaxation(0.0, y, drive, P, model.tau)
+    image = model.relaxation(0.0, y, drive, P)
     apical = [torch.cat(model.apical(0.0, [x] + model.layers(v), drive, P), -1)
               for v in (image, y)]
     lhs = model.tau * model.field(0.0, image, drive, P)
@@ -159,7 +159,7 @@ def test_sweep_fixes_the_equilibrium_and_saves_evaluations():
     drive, prepared = model.drive(x, target), model.prepare(model.params)
     true = model.field(0.0, eq.y, drive, prepared).abs().amax(-1)
     torch.testing.assert_close(eq.residual, true, rtol=0, atol=0)
-    swept = model.relaxation(0.0, eq.y, drive, prepared, 1.0)
+    swept = model.relaxation(0.0, eq.y, drive, prepared)
     assert float((swept - eq.y).abs().max()) < 1e-9
     nfev = {}
     for name, m in (("sweep", model), ("picard", picard)):     # mixing from the start
@@ -186,7 +186,7 @@ def test_anderson_plain_start_switches_to_mixing(monkeypatch):
         prepared = model.prepare(model.params)
         y = [model.initial_state(drive, prepared)]
         for _ in range(3):
-            y.append(model.relaxation(0.0, y[-1], drive, prepared, 1.0))
+            y.append(model.relaxation(0.0, y[-1], drive, prepared))
         step = [(b - a).abs().amax(-1) for a, b in zip(y, y[1:])]
         ratio = float((step[2] / step[0]).max())                 # over two sweeps
         assert (ratio < 0.49) == fast, (gain, ratio)
@@ -251,19 +251,19 @@ def test_relaxation_of_selected_variables():
     gates = lambda t: {"teach": 0.0, "trace": 1.0}                 # noqa: E731
     drive, prepared = model.drive(x, None, gates), model.prepare(model.params)
     y = torch.randn(3, model.state_size, dtype=F64, generator=torch.Generator().manual_seed(3))
-    full = model.relaxation(0.0, y, drive, prepared, 0.25)
+    full = model.relaxation(0.0, y, drive, prepared)
     h, z = model.layout.variable_slice("h"), model.layout.variable_slice("z")
-    torch.testing.assert_close(model.relaxation(0.0, y, drive, prepared, 0.25, ("h",)),
+    torch.testing.assert_close(model.relaxation(0.0, y, drive, prepared, ("h",)),
                                full[:, h], rtol=0, atol=0)
-    torch.testing.assert_close(model.relaxation(0.0, y, drive, prepared, 0.25, ("z",)),
+    torch.testing.assert_close(model.relaxation(0.0, y, drive, prepared, ("z",)),
                                full[:, z], rtol=0, atol=0)
     field = model.field(0.0, y, drive, prepared)
     for names, cols in ((("z",), z), (("h",), h)):       # rates: those columns of the field
         torch.testing.assert_close(model.rates(0.0, y, drive, prepared, names), field[:, cols],
                                    rtol=0, atol=0)
-    # the trace takes a Picard step toward the activity it held: z + 0.25 (h - z) / 0.5
-    torch.testing.assert_close(full[:, z], y[:, z] + 0.5 * (y[:, h] - y[:, z]))
+    # the trace takes a Picard step over its own time constant: z + 0.5 (h - z) / 0.5 = h
+    torch.testing.assert_close(full[:, z], y[:, h])
     view = Frozen(model, ("z",), y)
     fdrive = view.drive(x, None, gates)
-    torch.testing.assert_close(view.relaxation(0.0, y[:, h], fdrive, prepared, 0.25),
+    torch.testing.assert_close(view.relaxation(0.0, y[:, h], fdrive, prepared),
                                full[:, h], rtol=0, atol=0)

@@ -13,11 +13,13 @@ import torch
 import dendrite_sim as ds
 from dendrite_sim.files import atomic_write
 from dendrite_sim import training
+from dendrite_sim.learning import history
 from dendrite_sim.data import Dataset, load_digits
 from dendrite_sim.models import Mixture
 from dendrite_sim.training import (LAYER_DIAGNOSTICS, SCALAR_DIAGNOSTICS, BackpropLearner,
                                    DendriticLearner, History, gauss_newton_direction,
-                                   layer_diagnostics, plot_history, train)
+                                   layer_diagnostics, train)
+from dendrite_sim.plots import plot_history
 
 F64 = torch.float64
 
@@ -242,7 +244,7 @@ def test_trajectory_file_holds_every_record(tmp_path, digits):
     n_diag = len(range(0, 2 * per_epoch, 3))
     with np.load(tmp_path / "trajectory.npz") as z:
         files = set(z.files)
-        for key in training.EVAL_KEYS:
+        for key in history.EVAL_KEYS:
             assert z[key].shape == (n_eval,), key
         for key in LAYER_DIAGNOSTICS:
             assert z[f"diag_{key}"].shape == (n_diag, 2), key
@@ -340,7 +342,7 @@ def test_resume_refuses_other_configuration(tmp_path, digits):
 
 def test_atomic_write_keeps_old_file_on_failure(tmp_path):
     path = tmp_path / "summary.json"
-    training._write_json(path, {"a": 1})
+    history._write_json(path, {"a": 1})
 
     def broken(handle):
         handle.write(b"partial")

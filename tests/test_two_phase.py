@@ -288,7 +288,7 @@ def test_declared_trace_relaxation_matches_the_probed_one():
     """``TwoPhaseDTP.slow_relaxation`` (rate ``trace/T_z``, target ``h``) gives the closed-form
     end and mean states that probing the trace's rates gives, for the trace on, off, and on
     per example."""
-    from dendrite_sim.learning import _relax_slow
+    from dendrite_sim.learning.presentation import _relax_slow
 
     class Probed(TwoPhaseDTP):
         def slow_relaxation(self, t, y, drive):
@@ -401,8 +401,8 @@ def test_per_example_gates_equal_separate_drives():
         single = model.drive(x, Nudge(y, "mse", 0.5), lambda t, g=gates: g)
         torch.testing.assert_close(model.field(0.0, state, mixed, P)[rows],
                                    model.field(0.0, state[rows], single, P), rtol=0, atol=1e-15)
-        torch.testing.assert_close(model.relaxation(0.0, state, mixed, P, 1.0)[rows],
-                                   model.relaxation(0.0, state[rows], single, P, 1.0),
+        torch.testing.assert_close(model.relaxation(0.0, state, mixed, P)[rows],
+                                   model.relaxation(0.0, state[rows], single, P),
                                    rtol=0, atol=1e-15)
     pick = torch.tensor([5, 1])
     assert mixed.subset(pick).example_gates["teach"].flatten().tolist() == [0.0, 1.0]

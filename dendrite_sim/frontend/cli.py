@@ -37,8 +37,8 @@ import sys
 import time
 from pathlib import Path
 
-from .files import atomic_write
-from .config import (ConfigError, build_data, build_model, build_schedule, dumps_toml,
+from dendrite_sim.learning.files import atomic_write
+from dendrite_sim.frontend.config import (ConfigError, build_data, build_model, build_schedule, dumps_toml,
                      learner_options, model_names, model_registry, resolve_source,
                      apply_overrides, validate_config)
 
@@ -100,7 +100,7 @@ def environment(device) -> dict:
         except Exception:
             return None
 
-    from . import __version__
+    from dendrite_sim import __version__
     dev = torch.device(device)
     info = {
         "dendrite_sim": __version__,
@@ -140,7 +140,7 @@ def _load_weights(learner, run_dir: Path):
 
 def _setup(target, overrides, weights=True):
     """Config, data, model, schedule and dendritic learner (weights from a run dir)."""
-    from .training import DendriticLearner
+    from dendrite_sim.learning import DendriticLearner
     cfg, origin, run_dir = _load(target, overrides)
     data = build_data(cfg)
     model = build_model(cfg, data)
@@ -193,7 +193,7 @@ class _Shown:
 def presentation(cfg, learner, schedule, x, y, plastic=False):
     """Integrate one presentation of ``(x, y)`` over the schedule at the learner's weights."""
     import torch
-    from .integrate import simulate
+    from dendrite_sim.dynamics.integrate import simulate
     s = cfg["solver"]
     t = torch.linspace(0.0, schedule.duration, cfg["output"]["points"], dtype=learner.dtype,
                        device=learner.device)
@@ -206,7 +206,7 @@ def presentation(cfg, learner, schedule, x, y, plastic=False):
 
 
 def activity_figure(cfg, learner, schedule, x, y, path, plastic=False):
-    from . import plots
+    from dendrite_sim.frontend import plots
     traj = presentation(cfg, learner, schedule, x, y, plastic)
     fig = plots.plot_activity(_Shown(traj), phases=_phases(schedule), gamma=_gamma(schedule))
     fig.suptitle(f"{type(learner.model).__name__}: one presentation of example "
@@ -217,9 +217,9 @@ def activity_figure(cfg, learner, schedule, x, y, path, plastic=False):
 
 
 def spectrum_figure(cfg, learner, x, path):
-    from . import plots
-    from .equilibrium import fixed_point
-    from .spectral import spectrum
+    from dendrite_sim.frontend import plots
+    from dendrite_sim.dynamics.equilibrium import fixed_point
+    from dendrite_sim.dynamics.spectral import spectrum
     eq = fixed_point(learner.model, x, None, **learner.fixed_point_kwargs)
     spec = spectrum(learner.model, x, eq)
     fig = plots.plot_eigenvalues(spec)
@@ -233,7 +233,7 @@ def comparison_figure(hist, bp_hist, path, dpi):
     """Loss and accuracy against examples, dendritic learner vs backprop baseline."""
     import numpy as np
     from matplotlib.figure import Figure
-    from . import plots
+    from dendrite_sim.frontend import plots
     metrics = ["loss"]
     if np.isfinite(hist.test_accuracy).any():
         metrics.append("accuracy")
@@ -255,7 +255,7 @@ def comparison_figure(hist, bp_hist, path, dpi):
 def make_figures(run_dir: Path, cfg, learner, schedule, data, hist, bp_hist) -> list[Path]:
     """Every figure of a run into ``run_dir/figures``; a figure that fails is reported as a
     warning and skipped."""
-    from .training import plot_history
+    from dendrite_sim.frontend.plots import plot_history
     out = Path(run_dir) / FIGURES
     out.mkdir(parents=True, exist_ok=True)
     made: list[Path] = []
@@ -286,7 +286,7 @@ def make_figures(run_dir: Path, cfg, learner, schedule, data, hist, bp_hist) -> 
 # run
 # ================================================================================================
 def cmd_run(args) -> int:
-    from .training import BackpropLearner, train
+    from dendrite_sim.learning import BackpropLearner, train
     cfg, origin, _, data, model, schedule, learner = _setup(args.target, args.set,
                                                             weights=False)
     tr = cfg["training"]
@@ -360,7 +360,7 @@ def _result_lines(out, hist, bp_hist, figures, elapsed, unconverged) -> str:
 # plot
 # ================================================================================================
 def cmd_plot(args) -> int:
-    from .training import History
+    from dendrite_sim.learning import History
     run = Path(args.run_dir)
     if not run.is_dir():
         raise FileNotFoundError(f"run directory not found: {run}")
@@ -439,10 +439,10 @@ def _teaching(kind, learner, y):
 
 def cmd_analyze(args) -> int:
     import torch
-    from . import plots
-    from .continuation import continuation
-    from .equilibrium import fixed_point
-    from .spectral import spectrum
+    from dendrite_sim.frontend import plots
+    from dendrite_sim.dynamics.continuation import continuation
+    from dendrite_sim.dynamics.equilibrium import fixed_point
+    from dendrite_sim.dynamics.spectral import spectrum
     if (args.sweep is None) != (args.values is None):
         raise CLIError("--sweep and --values go together (e.g. --sweep mu --values 0.05:0.45:9)")
     values = parse_values(args.values) if args.values else None
@@ -575,7 +575,7 @@ def cmd_config(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from .config import default_config_path
+    from dendrite_sim.frontend.config import default_config_path
     reg = model_registry()
     for name in model_names():
         cls = reg[name]
@@ -699,13 +699,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from . import __version__
+    from dendrite_sim import __version__
     return __version__
 
 
 def main(argv=None) -> int:
     """Entry point of ``dendrite-sim``; returns the exit status."""
-    from .errors import NumericalError
+    from dendrite_sim.errors import NumericalError
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = bool(os.environ.get("DENDRITE_SIM_DEBUG"))

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import torch
 
-from .errors import check_range
-from .layout import Layout
-from .model import NetworkModel
-from .pathways import Pathways
+from dendrite_sim.errors import check_range
+from dendrite_sim.dynamics.layout import Layout
+from dendrite_sim.dynamics.model import NetworkModel
+from dendrite_sim.families.pathways import Pathways
 
 __all__ = ["MixingNetwork", "Flow", "layer_rates", "relax"]
 
@@ -29,7 +29,10 @@ class MixingNetwork(NetworkModel):
     """Shared machinery of the mixing models; ``variables`` names the state blocks beyond
     ``"h"`` (each one block per layer, e.g. ``("z",)`` for a slow trace)."""
 
-    plastic_params = ("W", "b", "Q")
+    #: ``b`` follows ``W`` (the biases learn by the forward rule)
+    plastic_groups = {"W": ("W", "b"), "Q": ("Q",)}
+    gates = {"teach": 1.0, "plastic_W": 1.0, "plastic_Q": 1.0}
+    forward_params = ("W", "b")
     picard_relaxation = False   # the layer sweep
     relaxation_factor = 1.15    # over-relaxed sweeps: ~20 % fewer on digits (derivations §7)
     gates_per_example = True    # gates enter as factors of the teaching signal and rates
@@ -75,8 +78,31 @@ class MixingNetwork(NetworkModel):
     def feedback_gain(self):
         return self.pathways.feedback_gain
 
+    @property
+    def time_constants(self) -> dict:
+        """``tau`` for the activity (6.1); the other variables declare theirs
+        (:meth:`auxiliary_time_constants`)."""
+        return {"h": self.tau, **self.auxiliary_time_constants()}
+
+    def auxiliary_time_constants(self) -> dict:
+        """``{variable: time constant}`` of the variables beyond the activity (none here)."""
+        return {}
+
+    @property
+    def layer_transfers(self):
+        return self.pathways.transfers
+
     def prepare(self, params):
         return self.pathways.prepare(params)
+
+    def forward_layers(self, params, x):
+        """``[x, h_1, ..., h_L]`` of the forward pass ``h_i = f_i(h_{i-1})`` (6.2)."""
+        return [x] + self.forward_pass(x, params)
+
+    def forward(self, params, x):
+        """The forward pass' output ``f_L(... f_1(x))``: the free equilibrium with exact
+        inverses (§6.4), and the network the backprop baseline trains."""
+        return self.forward_pass(x, params)[-1]
 
     # -- dynamics ---------------------------------------------------------------------------
     def flow(self, h, P) -> "Flow":
@@ -119,7 +145,7 @@ class MixingNetwork(NetworkModel):
     def _rates(self, t, parts, drive, variables, flow):
         return self._by_variable(t, parts, drive, variables,
                                  lambda h: self._somatic(t, flow, drive),
-                                 lambda v, rate: rate)
+                                 lambda v, value, rate: rate)
 
     def plasticity(self, t, y, drive, P):
         """The rates of ``W, b`` and ``Q`` (:meth:`plastic_rates`)."""
@@ -149,16 +175,17 @@ class MixingNetwork(NetworkModel):
         """``[e_1, ..., e_L]``, the errors the forward rule (6.17)/(6.35) moves ``W`` by."""
         raise NotImplementedError(f"{type(self).__name__} has no forward plasticity rule")
 
-    def relaxation(self, t, y, drive, P, step, variables=None):
+    def relaxation(self, t, y, drive, P, variables=None):
         """A map whose fixed points are the equilibria: the activity by one :meth:`layer_sweep`,
-        the other variables by a Picard step ``v + step dv/dt`` (``variables`` as in
-        :meth:`NetworkModel.relaxation`)."""
+        each other variable by a Picard step over its own time constant, ``v + T_v dv/dt``
+        (``variables`` as in :meth:`NetworkModel.relaxation`)."""
+        steps = self.time_constants
         return self._by_variable(t, self.layout.unpack(y), drive,
                                  self.layout.variables if variables is None else variables,
                                  lambda h: self.layer_sweep(t, h, drive, P),
-                                 lambda v, rate: v + step * rate)
+                                 lambda v, value, rate: value + steps[v] * rate)
 
-    def activity_relaxation(self, t, h, drive, P, step):
+    def activity_relaxation(self, t, h, drive, P):
         """One :meth:`layer_sweep` from the activity's columns alone (the activity never reads
         the other variables)."""
         layers = torch.split(h, self.sizes[1:], dim=-1)
@@ -173,7 +200,7 @@ class MixingNetwork(NetworkModel):
         moving = [v for v in self._others if v in variables]
         if moving:
             rates = self.auxiliary_rates(t, parts, drive)
-            blocks += [other(p, r) for v in moving for p, r in zip(parts[v], rates[v])]
+            blocks += [other(v, p, r) for v in moving for p, r in zip(parts[v], rates[v])]
         return torch.cat(blocks, dim=-1)
 
     def layer_sweep(self, t, h, drive, P):

@@ -3,7 +3,7 @@
 Each example of the batch is an independent system, solved together:
 
 * ``"anderson"`` — Anderson acceleration of the model's relaxation map
-  (:meth:`~dendrite_sim.model.NetworkModel.relaxation`): by default the Picard map
+  (:meth:`~dendrite_sim.dynamics.model.NetworkModel.relaxation`): by default the Picard map
   ``y <- y + tau F(y)``, on a linear problem equivalent to GMRES on the Jacobian; the mixing
   models sweep their layers bottom-up, ``h_i <- (1-mu) f_i(h_{i-1}) + mu g_i(h_{i+1})`` with
   ``h_{i-1}`` already updated (nonlinear Gauss–Seidel), which needs 40–60 % fewer iterations
@@ -28,10 +28,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import NumericalError, check_range
-from .integrate import integrate_drive
-from .model import Drive, NetworkModel
-from .spectral import field_jacobian
+from dendrite_sim.errors import NumericalError, check_range
+from dendrite_sim.dynamics.integrate import integrate_drive
+from dendrite_sim.dynamics.model import Drive, NetworkModel
+from dendrite_sim.dynamics.spectral import field_jacobian
 
 __all__ = ["fixed_point", "solve_equilibrium", "Equilibrium"]
 
@@ -94,11 +94,12 @@ class _Residual:
 
     def relax(self, y, step, F=None):
         """One application of the model's relaxation map (as costly as a field evaluation;
-        free for the Picard map when ``F = F(y)`` is known)."""
+        free for the Picard map ``y + step F(y)`` when ``F = F(y)`` is known; ``step``: the
+        model's column time constants)."""
         if F is not None and self.picard:
             return y + step * F
         self.count(1)
-        return self.model.relaxation(0.0, y, self.drive, self.prepared, step)
+        return self.model.relaxation(0.0, y, self.drive, self.prepared)
 
     @property
     def picard(self) -> bool:
@@ -125,6 +126,12 @@ def _norm(v):
     return v.abs().amax(-1)
 
 
+def _rate_norm(r, step):
+    """``max |r / step|``: the map residual ``r`` in the units of ``F`` (``step`` a number or
+    the ``(N,)`` column time constants)."""
+    return _norm(r) / step if isinstance(step, float) else _norm(r / step)
+
+
 def _start(y, F, tol):
     """Copies of ``y`` and ``F`` and the examples to iterate: those above ``tol`` (NaN compares
     False: left as is), or all of them when ``F`` is not known (``None``)."""
@@ -136,7 +143,7 @@ def _start(y, F, tol):
 
 def _anderson(residual, y, F, tol, max_iter, step, memory=5, patience=5, rho=0.7):
     """Anderson acceleration (type II) of the model's relaxation map ``G`` on the examples
-    above ``tol`` (:meth:`~dendrite_sim.model.NetworkModel.relaxation`: by default the Picard
+    above ``tol`` (:meth:`~dendrite_sim.dynamics.model.NetworkModel.relaxation`: by default the Picard
     map ``y + step F(y)``; the mixing models sweep their layers, nonlinear Gauss-Seidel).
 
     The last ``memory`` differences of the map residual ``r = G(y) - y`` and of ``G`` are kept
@@ -172,9 +179,9 @@ def _anderson(residual, y, F, tol, max_iter, step, memory=5, patience=5, rho=0.7
     idx, touched_residual, ya = touched, sub, y[touched]
     ga = sub.relax(ya, step, F[touched])
     fa = ga - ya
-    best, since_best, y_best, f_best = (_norm(fa), torch.zeros_like(touched),
+    best, since_best, y_best, f_best = (_rate_norm(fa, step), torch.zeros_like(touched),
                                         ga if image else ya, fa)
-    iterations, limit, res, previous = 0, tol * step, best, best
+    iterations, limit, res, previous = 0, tol, best, best
     d_f = d_g = None                  # ring buffers of the history, once mixing has started
     recorded, keep = 0, best > limit
     while iterations < max_iter:
@@ -203,7 +210,7 @@ def _anderson(residual, y, F, tol, max_iter, step, memory=5, patience=5, rho=0.7
             torch.sub(gn, ga, out=d_g[:, recorded % memory])
             recorded += 1
         ya, ga, fa, earlier, previous, iterations = new, gn, fn, previous, res, iterations + 1
-        res = _norm(fn)
+        res = _rate_norm(fn, step)
         if d_f is None and iterations % 2 == 0 and bool((keep & ~(res <= rho * rho * earlier))
                                                         .any()):
             d_f = fn.new_empty(fn.shape[0], memory, fn.shape[-1])  # only filled slots are read
@@ -418,8 +425,8 @@ def solve_equilibrium(model: NetworkModel, drive: Drive, y: torch.Tensor, params
     residual = _Residual(model, drive, prepared)
     auto = ("newton",) if model.state_size <= dense_limit else ("anderson", "newton_krylov")
     plan = {"auto": auto, "integrate": ()}.get(method, (method,))
-    step = float(getattr(model, "tau", _time_scale(model)))
-    horizon = settle_time if settle_time is not None else 200.0 * _time_scale(model)
+    step = model.column_time_constants()
+    horizon = settle_time if settle_time is not None else 200.0 * model.time_scale
     with torch.no_grad():
         y, F, iterations, ran = _solve(residual, y, None, tol, max_iter, plan, step)
         res = _norm(F)
@@ -464,7 +471,3 @@ def _settle_and_polish(model, drive, params, residual, y, res, tol, max_iter, pl
         res = res.index_copy(0, todo, _norm(Fa))
     return y, res, iterations, ran
 
-
-def _time_scale(model) -> float:
-    """The model's slowest declared time constant (``time_scale`` or ``tau``), default 1."""
-    return float(getattr(model, "time_scale", getattr(model, "tau", 1.0)))

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .layout import Layout
-from .model import Drive, NetworkModel
+from dendrite_sim.dynamics.layout import Layout
+from dendrite_sim.dynamics.model import Drive, NetworkModel
 
 __all__ = ["Jacobian", "Spectrum", "jacobian", "spectrum", "field_jacobian", "as_state"]
 

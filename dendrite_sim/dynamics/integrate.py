@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import torch
 from torchdiffeq import odeint, odeint_adjoint
 
-from .errors import NumericalError, check_range
-from .model import Drive, NetworkModel
+from dendrite_sim.errors import NumericalError, check_range
+from dendrite_sim.dynamics.model import Drive, NetworkModel
 
 __all__ = ["simulate", "Trajectory", "integrate_drive", "METHODS"]
 
@@ -213,7 +213,7 @@ def simulate(model: NetworkModel, x, t, target=None, *, method="dopri5", rtol=1e
     x : input ``(B, n_0)`` (or ``(n_0,)``), model dtype and device, finite.
     t : increasing 1-D times (tensor or sequence); output is reported there.
     target : ``None`` (free), a ``(B, n_L)`` tensor (clamp) or a teaching object
-        (:class:`~dendrite_sim.teaching.Nudge`).
+        (:class:`~dendrite_sim.dynamics.teaching.Nudge`).
     method : any torchdiffeq method (``dopri5`` default; ``rk4``/``euler`` need ``step_size``).
     rtol, atol : tolerances of adaptive methods.
     adjoint : use ``odeint_adjoint`` (memory-light gradients through the solution).

@@ -17,7 +17,7 @@ the other sections have fixed schemas. Unknown sections and keys, and values of 
 raise :class:`ConfigError` (a ``ValueError``) naming the key, e.g. ``training.epochs``.
 
 Models are found automatically: every module in ``dendrite_sim.models`` (the ``models/``
-folder) is imported and each :class:`~dendrite_sim.model.NetworkModel` subclass defined
+folder) is imported and each :class:`~dendrite_sim.dynamics.model.NetworkModel` subclass defined
 there is registered under the module's name (``models/two_phase.py`` -> ``two_phase``; a
 module defining several models registers them by their snake-cased class names) and under
 its lower-cased class name. Default configurations live in
@@ -25,7 +25,7 @@ its lower-cased class name. Default configurations live in
 
 Python use::
 
-    from dendrite_sim.config import load_config, build_model, build_schedule, build_data
+    from dendrite_sim.frontend.config import load_config, build_model, build_schedule, build_data
     cfg = load_config("two_phase", ["training.epochs=1"])
     model = build_model(cfg); schedule = build_schedule(cfg, model); data = build_data(cfg)
 """
@@ -133,7 +133,7 @@ def model_registry() -> dict:
     if _REGISTRY is not None:
         return _REGISTRY
     import dendrite_sim.models as pkg
-    from dendrite_sim.model import NetworkModel
+    from dendrite_sim.dynamics.model import NetworkModel
 
     primary, aliases = {}, {}
     for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
@@ -313,7 +313,7 @@ def _model_schema(cls) -> dict:
 
 
 def _data_loaders() -> dict:
-    from dendrite_sim import data
+    from dendrite_sim.frontend import data
     loaders = getattr(data, "_LOADERS", None)
     if loaders is None:  # pragma: no cover - fall back to the naming convention
         loaders = {n[5:]: getattr(data, n) for n in dir(data)
@@ -546,7 +546,7 @@ def _check_values(cfg: dict) -> None:
     modes = ("quasi_static", "coupled")
     if tr["mode"] not in modes:
         raise ConfigError(f"training.mode must be one of {list(modes)}; got {tr['mode']!r}")
-    from dendrite_sim.teaching import LOSSES
+    from dendrite_sim.dynamics.teaching import LOSSES
     if tr["loss"] not in LOSSES:
         raise ConfigError(f"training.loss must be one of {list(LOSSES)}; got {tr['loss']!r}")
     for key in ("max_train", "max_test"):
@@ -659,7 +659,7 @@ def build_model(cfg: dict, data=None):
 
 def build_schedule(cfg: dict, model):
     """The configured schedule: explicit phases, or ``model.default_schedule(**durations)``."""
-    from dendrite_sim.schedule import Phase, Schedule
+    from dendrite_sim.learning.schedule import Phase, Schedule
     sched = cfg.get("schedule", {})
     try:
         if "phases" in sched:
@@ -672,7 +672,7 @@ def build_schedule(cfg: dict, model):
 
 def build_data(cfg: dict):
     """Load the configured data set (``max_train``/``max_test`` keep the first examples)."""
-    from dendrite_sim.data import Dataset, load_dataset
+    from dendrite_sim.frontend.data import Dataset, load_dataset
     spec = dict(cfg["data"])
     name = spec.pop("name")
     max_train, max_test = spec.pop("max_train", None), spec.pop("max_test", None)

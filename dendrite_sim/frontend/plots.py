@@ -13,10 +13,11 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from .files import atomic_write
+from dendrite_sim.learning.files import atomic_write
+from dendrite_sim.learning.history import History
 
 __all__ = ["plot_activity", "plot_eigenvalues", "plot_continuation", "plot_learning_curves",
-           "plot_layer_diagnostics", "save"]
+           "plot_layer_diagnostics", "plot_history", "save"]
 
 PANEL = (6.0, 2.2)  # width, height of one panel (inches)
 
@@ -210,3 +211,34 @@ def save(fig: Figure, path, **savefig_kwargs) -> Path:
     path = Path(path)
     fmt = savefig_kwargs.pop("format", path.suffix.lstrip(".").lower() or "png")
     return atomic_write(path, lambda handle: fig.savefig(handle, format=fmt, **savefig_kwargs))
+
+
+def plot_history(history: History, out_dir) -> list[Path]:
+    """Write ``learning_curves.png`` (loss/accuracy against examples),
+    ``learning_curves_time.png`` (against simulated time, when it advances),
+    ``alignment.png`` (per-layer ``cos_bp``, ``cos_gn``, weight-change norms) and
+    ``diagnostics.png`` (reconstruction, Q distance, signal sizes, max real eigenvalue)
+    into ``out_dir``; diagnostics that are NaN throughout are left out. Returns the paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    curves = history.learning_curves()
+    if len(history.examples):
+        paths.append(save(plot_learning_curves(curves), out / "learning_curves.png"))
+        if np.ptp(history.sim_time) > 0:
+            timed = {"time": history.sim_time,
+                     **{k: v for k, v in curves.items() if k != "examples"}}
+            paths.append(save(plot_learning_curves(timed, x="time"),
+                                    out / "learning_curves_time.png"))
+    groups = {"alignment.png": ("cos_bp", "cos_gn", "dW_norm", "step_dW_norm"),
+              "diagnostics.png": ("recon_error", "q_distance", "useful_signal",
+                                  "recon_deviation", "max_real_eig")}
+    if len(history.diag_examples):
+        for name, keys in groups.items():
+            panels = {k: history.diagnostics[k] for k in keys
+                      if k in history.diagnostics and np.isfinite(history.diagnostics[k]).any()}
+            if panels:
+                fig = plot_layer_diagnostics(panels, steps=history.diag_examples)
+                fig.axes[-1].set_xlabel("examples")
+                paths.append(save(fig, out / name))
+    return paths

@@ -1,7 +1,7 @@
 """The model interface the engine integrates and analyses (generic over network models).
 
 A model is a set of parameters plus a vector field over a flat, batched neural state
-``y`` of shape ``(B, N)`` described by a :class:`~dendrite_sim.layout.Layout`. Parameters are a
+``y`` of shape ``(B, N)`` described by a :class:`~dendrite_sim.dynamics.layout.Layout`. Parameters are a
 dict ``{name: [tensor or None per layer]}`` (``W[i-1]`` maps layer ``i-1`` to layer ``i``) and
 are passed to the vector field explicitly, so plasticity can integrate them as ODE state.
 
@@ -18,11 +18,11 @@ from typing import Callable
 
 import torch
 
-from .errors import check_tensor
-from .layout import Layout
-from .teaching import Teaching, as_teaching
+from dendrite_sim.errors import check_tensor
+from dendrite_sim.dynamics.layout import Layout
+from dendrite_sim.dynamics.teaching import Teaching, as_teaching
 
-__all__ = ["Drive", "NetworkModel", "Params"]
+__all__ = ["Drive", "NetworkModel", "Params", "CONTRACT"]
 
 Params = dict  # {name: list[torch.Tensor | None]}
 
@@ -102,27 +102,46 @@ class Drive:
 
 
 class NetworkModel:
-    """Base class of network models. Subclasses set ``sizes``, ``layout``, ``params`` and
-    implement :meth:`field`; models with plasticity implement :meth:`plasticity`.
+    """Base class of network models: the contract between a model and the engine.
+
+    The engine reads a model only through the names declared here (``docs/design.md``,
+    "Model contract"; ``CONTRACT`` lists them and a test holds the engine to it). A model
+    sets the data attributes and implements :meth:`field` and :meth:`initial_state`; every
+    other entry has a generic default and is overridden where the model has more to say.
 
     Attributes
     ----------
-    sizes : list of layer widths ``[n_0, n_1, ..., n_L]`` (``n_0`` is the input).
-    layout : the neural state layout; the variable named ``activity`` (default ``"h"``) holds
-        the somatic rates returned as ``.layers`` by the analysis verbs.
+    sizes : layer widths ``[n_0, n_1, ..., n_L]`` (``n_0`` is the input).
+    layout : the state layout (:class:`~dendrite_sim.dynamics.layout.Layout`); the variable
+        named by ``activity`` holds what the analysis verbs return as ``.layers``.
     params : ``{name: [tensor | None per layer]}``.
+    dtype, device : of the state and the parameters.
+    time_constants : ``{variable: time constant > 0}``, one per state variable of ``layout``:
+        the default relaxation map, the integration horizons of ``fixed_point`` and the step
+        advice use them.
     """
 
     activity = "h"
-    #: whether :meth:`relaxation` is the default Picard map ``y + step F(y)`` (the solver then
+    #: ``{group: parameter names}``: what a phase can make plastic, each group switched by the
+    #: gate ``plastic_<group>`` (e.g. the mixing models: ``{"W": ("W", "b"), "Q": ("Q",)}``)
+    plastic_groups: dict = {}
+    #: ``{gate name: default value}`` of every gate :meth:`field` and :meth:`plasticity` read
+    gates: dict = {}
+    #: names of the parameters of :meth:`forward` (empty: the model has no forward map, and
+    #: baselines and gradient diagnostics do not apply)
+    forward_params: tuple = ()
+    #: state variables that relax slowly, componentwise and linearly toward a value the
+    #: activity sets (closed form in quasi-static presentations; :meth:`slow_relaxation`)
+    slow_variables: tuple = ()
+    #: the presentation modes the model supports (``learning.present``)
+    presentation_modes: tuple = ("quasi_static", "coupled")
+    #: whether :meth:`relaxation` is the default Picard map ``y + T F(y)`` (the solver then
     #: reads ``F`` off the map's residual instead of evaluating it)
     picard_relaxation = True
     #: ``omega`` of the plain iteration ``y + omega (G(y) - y)`` of :meth:`relaxation`'s map
     #: ``G`` in ``fixed_point`` (before Anderson mixing starts, if it does): 1 iterates the map
     #: itself; above 1 over-relaxes it (successive over-relaxation of a Gauss-Seidel sweep)
     relaxation_factor = 1.0
-    #: parameter names the model has plasticity rules for (subset of ``params``)
-    plastic_params: tuple[str, ...] = ()
     #: plastic groups whose rules read quantities of the size of the activity at one
     #: equilibrium (e.g. a reconstruction error), not a small difference between equilibria:
     #: the quasi-static learner evaluates a phase that trains only these at an equilibrium
@@ -138,6 +157,7 @@ class NetworkModel:
     params: Params
     dtype: torch.dtype
     device: torch.device
+    time_constants: dict
 
     # -- to implement -----------------------------------------------------------------------
     def field(self, t, y: torch.Tensor, drive: Drive, prepared) -> torch.Tensor:
@@ -170,19 +190,21 @@ class NetworkModel:
         return torch.cat([y[..., self.layout.variable_slice(v)] for v in self.layout.variables
                           if v in variables], dim=-1)
 
-    def relaxation(self, t, y: torch.Tensor, drive: Drive, prepared, step: float,
+    def relaxation(self, t, y: torch.Tensor, drive: Drive, prepared,
                    variables=None) -> torch.Tensor:
         """One step of a map whose fixed points are the equilibria ``F(y) = 0``; ``fixed_point``
-        accelerates it (Anderson). Default: the Picard map ``y + step F(y)``, ``step`` the
-        model's time constant. A model with cheaper structure (a layer sweep) overrides it.
+        accelerates it (Anderson). Default: the Picard map ``y + T F(y)``, ``T`` the time
+        constant of each column (:meth:`column_time_constants`), which relaxes a linear
+        variable ``T dv/dt = v* - v`` to ``v*`` in one step whatever its time constant. A model
+        with cheaper structure (a layer sweep) overrides it.
 
         ``variables``: names of the state variables to return, concatenated in layout order
         (default: the whole state), for a view that holds the others (``learning.Frozen``).
         """
-        out = y + step * self.field(t, y, drive, prepared)
+        out = y + self.column_time_constants() * self.field(t, y, drive, prepared)
         return out if variables is None else self._columns(out, variables)
 
-    def activity_relaxation(self, t, h: torch.Tensor, drive: Drive, prepared, step: float):
+    def activity_relaxation(self, t, h: torch.Tensor, drive: Drive, prepared):
         """Optional: :meth:`relaxation` of the activity from its own columns ``h`` ``(B, n)``
         alone, for a model whose activity does not read its ``slow_variables``. A
         :class:`~dendrite_sim.learning.Frozen` view that holds only those variables then
@@ -203,7 +225,78 @@ class NetworkModel:
         pass for the activity, traces equal to it)."""
         raise NotImplementedError
 
+    def output(self, y: torch.Tensor) -> torch.Tensor:
+        """What the network reports as its output at state ``y`` ``(..., N)``, ``(..., n_L)``
+        (what a learner predicts from). Default: the top layer of the activity."""
+        return self.layers(y)[-1]
+
+    def forward(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        """The network's feed-forward map ``x -> output`` at ``params``, differentiable in
+        the parameters named by ``forward_params`` (backprop baselines and gradient
+        diagnostics). Only for models that declare ``forward_params``."""
+        raise NotImplementedError(f"{type(self).__name__} declares no forward map "
+                                  "(forward_params is empty)")
+
+    def forward_layers(self, params: Params, x: torch.Tensor):
+        """Optional: ``[x, h_1, ..., h_L]`` of a layered forward map ``h_i = s_i(W_i h_{i-1}
+        + b_i)`` with ``W, b`` in ``params``, for the Gauss-Newton diagnostic and the discrete
+        learners; default ``None`` (the forward map has no such form)."""
+        return None
+
+    @property
+    def layer_transfers(self):
+        """Optional: the transfer functions ``[s_1, ..., s_L]`` of :meth:`forward_layers`
+        (default ``None``)."""
+        return None
+
+    def jump(self, t, y: torch.Tensor, drive: Drive, prepared) -> torch.Tensor:
+        """The state right after a gate breakpoint at ``t`` (e.g. a sample-and-hold buffer
+        that copies a value when a gate switches). Default: no jump, ``y`` itself."""
+        return y
+
+    def default_schedule(self, T=None):
+        """The presentation schedule of this model when none is given: one phase of length
+        ``T`` (default ``20 *`` :attr:`time_scale`), teaching on, every plastic group plastic.
+        Models with phases of their own override it; its keyword arguments are the
+        configuration's ``[schedule]`` keys."""
+        from dendrite_sim.learning.schedule import Phase, Schedule
+        duration = 20.0 * self.time_scale if T is None else T
+        return Schedule([Phase("learn", duration, teach=True, plastic=tuple(self.plastic_groups))])
+
+    def learning_diagnostics(self, params: Params, x: torch.Tensor, free: torch.Tensor,
+                             nudged: torch.Tensor) -> dict:
+        """Optional: ``{name: [value per layer]}`` of diagnostics the model's family defines,
+        from the free and nudged equilibrium states ``(B, N)`` (e.g. the mixing models'
+        reconstruction errors). Default: none."""
+        return {}
+
     # -- shared -----------------------------------------------------------------------------
+    @property
+    def plastic_params(self) -> tuple:
+        """Every parameter name of :attr:`plastic_groups`, in order."""
+        return tuple(dict.fromkeys(n for names in self.plastic_groups.values() for n in names))
+
+    @property
+    def time_scale(self) -> float:
+        """The slowest time constant of the state (``fixed_point``'s horizons)."""
+        return max(float(v) for v in self.time_constants.values())
+
+    def column_time_constants(self):
+        """The time constant of every column of the state: a number when they are all equal,
+        else a ``(N,)`` tensor (cached per set of time constants)."""
+        values = tuple(float(self.time_constants[v]) for v in self.layout.variables)
+        if len(set(values)) == 1:
+            return values[0]
+        key = (values, self.dtype, str(self.device))
+        cached = self.__dict__.get("_column_time_constants")
+        if cached is None or cached[0] != key:
+            widths = [sum(w) for w in self.layout.variables.values()]
+            column = torch.cat([torch.full((n,), v, dtype=self.dtype, device=self.device)
+                                for n, v in zip(widths, values)])
+            cached = (key, column)
+            self.__dict__["_column_time_constants"] = cached
+        return cached[1]
+
     @property
     def depth(self) -> int:
         return len(self.sizes) - 1
@@ -245,3 +338,8 @@ class NetworkModel:
 
     def _validate(self) -> None:
         """Re-check hyper-parameters after :meth:`replace`; subclasses extend."""
+
+
+#: what the engine may read of a model: the names above (a test checks the engine against it)
+CONTRACT = frozenset(name for name in vars(NetworkModel) if not name.startswith("__")) | {
+    "sizes", "layout", "params", "dtype", "device", "time_constants"}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import check_range
+from dendrite_sim.errors import check_range
 
 __all__ = ["Transfer", "Identity", "LeakyReLU", "Tanh", "Sigmoid", "make_transfer", "TRANSFERS"]
 

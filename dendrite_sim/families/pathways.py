@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from .errors import check_range
-from .transfer import Transfer, make_transfer
+from dendrite_sim.errors import check_range
+from dendrite_sim.dynamics.transfer import Transfer, make_transfer
 
 __all__ = ["Pathways", "robust_invertible"]
 

@@ -29,10 +29,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .equilibrium import fixed_point
-from .errors import NumericalError, check_range
-from .model import NetworkModel
-from .spectral import eigenvalues_sorted, jacobian
+from dendrite_sim.dynamics.equilibrium import fixed_point
+from dendrite_sim.errors import NumericalError, check_range
+from dendrite_sim.dynamics.model import NetworkModel
+from dendrite_sim.dynamics.spectral import eigenvalues_sorted, jacobian
 
 __all__ = ["Continuation", "continuation", "with_parameter"]
 

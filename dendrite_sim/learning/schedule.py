@@ -29,7 +29,7 @@ import bisect
 import math
 from dataclasses import dataclass
 
-from .errors import check_range
+from dendrite_sim.errors import check_range
 
 __all__ = ["Phase", "Schedule", "PLASTIC_NAMES", "GATE_NAMES"]
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .errors import check_range, check_tensor
+from dendrite_sim.errors import check_range, check_tensor
 
 __all__ = ["Teaching", "Free", "Clamp", "Nudge", "LOSSES", "loss_value", "loss_gradient",
            "as_teaching"]

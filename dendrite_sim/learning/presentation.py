@@ -5,7 +5,7 @@ parameters it ends with. Two modes:
 
 ``"coupled"``
     The exact continuous-time system: one ODE for the activity, the slow traces and the
-    weights, integrated by :func:`~dendrite_sim.integrate.integrate_drive` phase by phase
+    weights, integrated by :func:`~dendrite_sim.dynamics.integrate.integrate_drive` phase by phase
     (a restart at every phase boundary) with the phase's constant gates. A phase integrates
     the weights it makes plastic; the others have zero rates there and are held
     (:func:`_plastic_groups`). It starts from the model's initial state (the forward pass;
@@ -16,7 +16,7 @@ parameters it ends with. Two modes:
     sits at its equilibrium for the weights the phase starts with. Per phase, in order:
 
     1. equilibrate the activity at fixed weights with the phase's constant gates
-       (:func:`~dendrite_sim.equilibrium.fixed_point`, warm-started from the previous phase's
+       (:func:`~dendrite_sim.dynamics.equilibrium.fixed_point`, warm-started from the previous phase's
        end state). The slow variables (``model.slow_variables``, e.g. the two-phase trace
        ``z``), and any other variable whose rate is identically zero under these gates, are
        held: the equilibrium is solved on the subspace of the activity (see :class:`Frozen`).
@@ -64,12 +64,12 @@ from dataclasses import dataclass
 
 import torch
 
-from .equilibrium import default_tol, solve_equilibrium
-from .errors import NumericalError, all_finite, check_range
-from .integrate import FIXED_STEP, METHODS, integrate_drive
-from .layout import Layout
-from .model import Drive, NetworkModel
-from .schedule import Schedule
+from dendrite_sim.dynamics.equilibrium import default_tol, solve_equilibrium
+from dendrite_sim.errors import NumericalError, all_finite, check_range
+from dendrite_sim.dynamics.integrate import FIXED_STEP, METHODS, integrate_drive
+from dendrite_sim.dynamics.layout import Layout
+from dendrite_sim.dynamics.model import Drive, NetworkModel
+from dendrite_sim.learning.schedule import Schedule
 
 __all__ = ["present", "Presentation", "Frozen", "frozen_variables", "MODES"]
 
@@ -109,7 +109,7 @@ def present(model: NetworkModel, x, target, schedule: Schedule, mode: str = "qua
     model : a network model with plasticity (``Mixture``, ``TwoPhaseDTP``, ...).
     x : input ``(B, n_0)``; target : ``None``, a tensor (clamp) or a ``Nudge`` — the
         ``teach`` gate of each phase switches it on or off.
-    schedule : a :class:`~dendrite_sim.schedule.Schedule`.
+    schedule : a :class:`~dendrite_sim.learning.schedule.Schedule`.
     mode : ``"quasi_static"`` or ``"coupled"`` (module docstring).
     params : parameters to start from (default ``model.params``); never modified.
     method, rtol, atol, step_size, max_abs : integration settings (coupled mode). For
@@ -199,7 +199,7 @@ def _quasi_static(model, x, target, schedule, params, tol, rate_tol, max_iter, e
     base = model.drive(x, target)                        # validated once
     prepared = model.prepare(params)                     # again whenever the weights move
     y = model.initial_state(base, prepared)
-    slow = tuple(v for v in getattr(model, "slow_variables", ()) if v in model.layout.variables)
+    slow = tuple(v for v in model.slow_variables if v in model.layout.variables)
     others = [v for v in model.layout.variables if v != model.activity and v not in slow]
     pair = model.gates_per_example and not others
     phases, solve = schedule.phases, dict(tol=tol, max_iter=max_iter)
@@ -315,7 +315,7 @@ def _relax_slow(model, drive, prepared, y, variables, t0, duration):
     A slow variable relaxes componentwise and linearly toward a value set by the activity,
     ``dv/dt = -k (v - v*)`` with a rate ``k >= 0`` per component (zero while it holds); the
     activity does not depend on it. The model declares ``k`` and ``v*``
-    (:meth:`~dendrite_sim.model.NetworkModel.slow_relaxation`), or they are probed from two
+    (:meth:`~dendrite_sim.dynamics.model.NetworkModel.slow_relaxation`), or they are probed from two
     evaluations of its rates alone (``model.rates``): ``k = F_v(v) - F_v(v + 1)``,
     ``v* = v + F_v(v) / k`` (``v`` where ``k = 0``). Over the phase::
 
@@ -452,17 +452,17 @@ class Frozen(NetworkModel):
                              f"{tuple(frozen)}")
         self.base = model
         self.sizes, self.dtype, self.device = model.sizes, model.dtype, model.device
-        self.activity, self.params, self.plastic_params = model.activity, model.params, ()
+        self.activity, self.params = model.activity, model.params
         self.frozen = tuple(frozen)
         layout_key = tuple((v, tuple(w)) for v, w in model.layout.variables.items())
         self.layout, self._active, self._held, self._order, self._trailing = \
             _frozen_columns(layout_key, self.frozen, model.device)
         self.hold = y_hold[:, self._active.numel():] if self._trailing else y_hold[:, self._held]
-        self.time_scale = float(getattr(model, "time_scale", getattr(model, "tau", 1.0)))
+        self.time_constants = {v: model.time_constants[v] for v in self.layout.variables}
         self._variables = tuple(self.layout.variables)
         # only the activity moves and the activity does not read what is held
         self._activity_alone = self._variables == (self.activity,) and \
-            set(self.frozen) <= set(getattr(model, "slow_variables", ()))
+            set(self.frozen) <= set(model.slow_variables)
 
     def restrict(self, y: torch.Tensor) -> torch.Tensor:
         return y[:, :self._active.numel()] if self._trailing else y[:, self._active]
@@ -495,26 +495,25 @@ class Frozen(NetworkModel):
         return self.base.picard_relaxation
 
     @property
+    def gates_per_example(self):
+        return self.base.gates_per_example
+
+    @property
     def relaxation_factor(self):
         return self.base.relaxation_factor
 
-    def relaxation(self, t, y, drive, prepared, step, variables=None):
+    def relaxation(self, t, y, drive, prepared, variables=None):
         if self._activity_alone and variables is None:
-            out = self.base.activity_relaxation(t, y, drive, prepared, step)
+            out = self.base.activity_relaxation(t, y, drive, prepared)
             if out is not None:
                 return out
         full = self.embed(y, self._hold_of(drive))
         active = self._variables if variables is None else \
             tuple(v for v in self._variables if v in variables)
-        return self.base.relaxation(t, full, drive, prepared, step, variables=active)
+        return self.base.relaxation(t, full, drive, prepared, variables=active)
 
     def prepare(self, params):
         return self.base.prepare(params)
 
     def initial_state(self, drive, prepared):
         return self.restrict(self.base.initial_state(drive, prepared))
-
-    def __getattr__(self, name):  # hyper-parameters of the model (mu, tau, ...)
-        if name == "base":
-            raise AttributeError(name)
-        return getattr(self.base, name)

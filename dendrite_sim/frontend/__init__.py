@@ -1,0 +1,1 @@
+"""The front end: configurations, data sets, figures, the command line."""

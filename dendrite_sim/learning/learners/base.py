@@ -1,0 +1,163 @@
+"""The learner protocol shared by every learning rule (module docstring of dendrite_sim.learning)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from dendrite_sim.errors import NumericalError, all_finite
+from dendrite_sim.dynamics.teaching import LOSSES, loss_value
+
+
+FORWARD_NAMES = ("W", "b")
+
+
+def _forward_params(params) -> dict:
+    return {n: list(params[n]) for n in FORWARD_NAMES}
+
+
+def _check_loss(loss: str) -> str:
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}; got {loss!r}")
+    return loss
+
+
+def loss_target(y: torch.Tensor, width: int, dtype) -> torch.Tensor:
+    """``(B, n_L)`` float target: one-hot rows for integer labels, ``y`` itself otherwise."""
+    if not isinstance(y, torch.Tensor):
+        raise ValueError(f"y must be a torch.Tensor; got {type(y).__name__}")
+    if y.dim() == 1 and not y.is_floating_point():
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= width):
+            raise ValueError(f"y: class labels must lie in [0, {width - 1}]; got values in "
+                             f"[{int(y.min())}, {int(y.max())}]")
+        return torch.nn.functional.one_hot(y, width).to(dtype)
+    if y.dim() == 1:
+        y = y.unsqueeze(0)
+    if y.dim() != 2 or y.shape[1] != width:
+        raise ValueError(f"y must be (B,) integer labels or a (B, {width}) tensor; got shape "
+                         f"{tuple(y.shape)}")
+    return y.to(dtype)
+
+
+
+def _layer_vectors(p: dict, depth: int) -> list[torch.Tensor]:
+    """Per-layer flattened ``(W_i, b_i)``."""
+    out = []
+    for k in range(depth):
+        parts = [p["W"][k].reshape(-1)]
+        if p["b"][k] is not None:
+            parts.append(p["b"][k].reshape(-1))
+        out.append(torch.cat(parts))
+    return out
+
+
+def _cosine(u: torch.Tensor, v: torch.Tensor) -> float:
+    nu, nv = float(u.norm()), float(v.norm())
+    if nu == 0.0 or nv == 0.0 or not (math.isfinite(nu) and math.isfinite(nv)):
+        return float("nan")
+    return float((u * v).sum()) / (nu * nv)
+
+
+def _check_finite_params(params: dict):
+    for name, values in params.items():
+        for i, p in enumerate(values, start=1):
+            if p is not None and not all_finite(p):
+                raise NumericalError(f"training diverged: {name}_{i} is not finite after this "
+                                     "update (not applied); lower the learning rates")
+
+
+def _difference(new: dict, old: dict) -> dict:
+    return {n: [None if a is None else (a - b) for a, b in zip(new[n], old[n])]
+            for n in FORWARD_NAMES}
+
+
+
+class Learner:
+    """Shared protocol. Subclasses implement ``predict``, ``propose``, ``commit``, ``params``,
+    ``state_dict``/``load_state_dict`` and ``config``."""
+
+    loss_name: str
+    pathways = None
+    sizes: list
+    dtype: torch.dtype
+    device: torch.device
+    eval_chunk = 1024
+    dynamic = False
+
+    def _target(self, y):
+        return loss_target(y, self.sizes[-1], self.dtype)
+
+    def loss(self, x, y) -> float:
+        """Batch-mean loss of :meth:`predict` against ``y``."""
+        return float(loss_value(self.loss_name, self.predict(x), self._target(y)).mean())
+
+    def evaluate(self, x, y) -> tuple[float, float]:
+        """``(mean loss, accuracy)`` over a whole set, in chunks; accuracy is NaN for
+        regression targets."""
+        if x.shape[0] == 0:
+            return float("nan"), float("nan")
+        total, correct = 0.0, 0
+        classify = y.dim() == 1 and not y.is_floating_point()
+        for start in range(0, x.shape[0], self.eval_chunk):
+            xs, ys = x[start:start + self.eval_chunk], y[start:start + self.eval_chunk]
+            out = self.predict(xs)
+            total += float(loss_value(self.loss_name, out, self._target(ys)).sum())
+            if classify:
+                correct += int((out.argmax(-1) == ys).sum())
+        n = x.shape[0]
+        return total / n, (correct / n if classify else float("nan"))
+
+    def step(self, x, y) -> dict:
+        """One update on the mini-batch ``(x, y)``; returns ``info`` with ``sim_time``,
+        ``nfev`` and ``dW_norm`` (per layer ``||Delta (W_i, b_i)||``).
+
+        An update that leaves a parameter non-finite is not applied: ``NumericalError`` (the
+        learning rates are too large for this network and data).
+        """
+        old = _forward_params(self.params)
+        new, info = self.propose(x, y)
+        _check_finite_params(new)
+        self.commit(new)
+        delta = _layer_vectors(_difference(new, old), len(self.sizes) - 1)
+        info["dW_norm"] = [float(v.norm()) for v in delta]
+        return info
+
+    # -- to implement ----------------------------------------------------------------------
+    def predict(self, x):
+        raise NotImplementedError
+
+    def propose(self, x, y):
+        """``(new params, info)`` of one update from the current weights, not applied."""
+        raise NotImplementedError
+
+    def commit(self, new):
+        raise NotImplementedError
+
+
+
+def _jsonable_scalar_or_list(v) -> bool:
+    if isinstance(v, (bool, int, float, str)) or v is None:
+        return True
+    return isinstance(v, (list, tuple)) and all(isinstance(e, (bool, int, float, str))
+                                                for e in v)
+
+
+def _load_params(current: dict, saved: dict) -> dict:
+    out = {}
+    for n, values in current.items():
+        if n not in saved or len(saved[n]) != len(values):
+            raise ValueError(f"state dict does not match the learner: parameter {n!r}")
+        new = []
+        for k, (p, q) in enumerate(zip(values, saved[n])):
+            if (p is None) != (q is None) or (p is not None and p.shape != q.shape):
+                raise ValueError(f"state dict does not match the learner: {n}[{k}]")
+            new.append(None if q is None else q.detach().clone().to(p.dtype))
+        out[n] = new
+    return out
+
+
+def _check_batch(x, width):
+    if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[1] != width:
+        raise ValueError(f"x must be a (B, {width}) tensor; got "
+                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x)}")

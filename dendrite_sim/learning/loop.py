@@ -1,0 +1,284 @@
+"""The training loop: seeded mini-batches, evaluations, diagnostics and resumable runs."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dendrite_sim.errors import check_range
+from .diagnostics import LAYER_DIAGNOSTICS, SCALAR_DIAGNOSTICS, layer_diagnostics
+from .files import atomic_write
+from .history import History, _empty_records, _write_json
+from .learners.dendritic import DendriticLearner
+
+
+FILES = ("trajectory.npz", "summary.json", "checkpoint.pt")
+
+# ============================================================================================
+# the training loop
+# ============================================================================================
+class _Progress:
+    """A one-line progress bar on stderr (no dependency)."""
+
+    def __init__(self, enabled: bool, total: int, width: int = 24):
+        self.enabled, self.total, self.width = enabled, max(total, 1), width
+        self.start = time.perf_counter()
+
+    def update(self, done: int, note: str = ""):
+        if not self.enabled:
+            return
+        frac = min(done / self.total, 1.0)
+        filled = int(round(frac * self.width))
+        elapsed = time.perf_counter() - self.start
+        bar = "#" * filled + "." * (self.width - filled)
+        sys.stderr.write(f"\r[{bar}] {done}/{self.total} {elapsed:6.1f}s {note}   ")
+        sys.stderr.flush()
+
+    def close(self):
+        if self.enabled:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def _check_int(name, value, low=1):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}; got {value!r}")
+    return int(value)
+
+
+def _as_dataset(data):
+    from dendrite_sim.frontend.data import Dataset, load_dataset
+    if isinstance(data, str):
+        return load_dataset(data)
+    if not isinstance(data, Dataset):
+        raise ValueError("data must be a dendrite_sim.frontend.data.Dataset or a data set name for "
+                         f"load_dataset; got {type(data).__name__}")
+    return data
+
+
+def _check_data(data, learner):
+    n_in, n_out = learner.sizes[0], learner.sizes[-1]
+    if len(data.x_train) == 0:
+        raise ValueError("data has no training examples (empty x_train)")
+    for split in ("train", "test"):
+        x = getattr(data, f"x_{split}")
+        if len(x) and (x.ndim != 2 or x.shape[1] != n_in):
+            raise ValueError(f"data: x_{split} has shape {x.shape} but the model input width "
+                             f"is {n_in}")
+        if len(x) and not np.isfinite(x).all():
+            raise ValueError(f"data: x_{split} contains NaN or inf")
+        y = getattr(data, f"y_{split}")
+        if data.task == "classification":
+            if len(y) and (int(y.min()) < 0 or int(y.max()) >= n_out):
+                raise ValueError(f"data: y_{split} labels must lie in [0, {n_out - 1}] (the "
+                                 f"model has {n_out} outputs); got [{int(y.min())}, "
+                                 f"{int(y.max())}]")
+        elif len(y) and (y.ndim != 2 or y.shape[1] != n_out):
+            raise ValueError(f"data: y_{split} has shape {y.shape} but the model output width "
+                             f"is {n_out}")
+    if data.task == "regression" and learner.loss_name != "mse":
+        raise ValueError(f"loss {learner.loss_name!r} needs class labels; data "
+                         f"{data.name!r} is a regression task (use loss='mse')")
+
+
+def train(learner, data, *, epochs, batch_size=32, eval_every=1, seed=0, out_dir=None,
+          resume=False, progress=True, diagnostics_every=None, max_eval=None, probe_size=None,
+          n_eig=4, overwrite=False) -> History:
+    """Train ``learner`` on ``data`` with seeded shuffled mini-batches; return the History.
+
+    Parameters
+    ----------
+    learner : a learner (:class:`DendriticLearner`, :class:`BackpropLearner`) or a network
+        model (wrapped in ``DendriticLearner(model)``, which needs ``default_schedule``).
+    data : a :class:`dendrite_sim.frontend.data.Dataset`, or a name for ``load_dataset``.
+    epochs : total number of epochs (with ``resume``, the total including those done).
+    batch_size : mini-batch size (the last batch of an epoch may be smaller).
+    eval_every : evaluation interval in epochs (fractions allowed: rounded to whole batches,
+        at least one); the initial weights and the end of training are always evaluated.
+    seed : seeds the shuffling, the probe batch and the evaluation subsets.
+    out_dir : if given, ``trajectory.npz``, ``summary.json`` and ``checkpoint.pt`` are written
+        there (atomically) at every evaluation.
+    resume : continue from ``out_dir/checkpoint.pt`` (same configuration required); with no
+        files in ``out_dir`` the run starts from scratch.
+    progress : a progress line on stderr.
+    diagnostics_every : sample the diagnostics every this many batches (default: at every
+        evaluation); ``0`` disables them.
+    max_eval : evaluate train and test metrics on at most this many examples each (a fixed
+        seeded subset of the training set, the first ``max_eval`` test examples).
+    probe_size : size of the fixed probe batch of training examples (default ``batch_size``).
+    n_eig : examples of the probe batch whose spectrum is computed (0: none).
+    overwrite : allow a fresh run (``resume=False``) to replace the files of an earlier run in
+        ``out_dir``; otherwise that raises ``FileExistsError``.
+    """
+    if not hasattr(learner, "step"):
+        learner = DendriticLearner(learner)
+    data = _as_dataset(data)
+    epochs = _check_int("epochs", epochs)
+    batch_size = _check_int("batch_size", batch_size)
+    eval_every = check_range("eval_every", eval_every, low=0.0, low_open=True)
+    seed = _check_int("seed", seed, low=0)
+    if max_eval is not None:
+        max_eval = _check_int("max_eval", max_eval)
+    n_eig = _check_int("n_eig", n_eig, low=0)
+    _check_data(data, learner)
+
+    x_tr, y_tr, x_te, y_te = data.tensors(dtype=learner.dtype, device=learner.device)
+    n = x_tr.shape[0]
+    per_epoch = -(-n // batch_size)
+    total = epochs * per_epoch
+    eval_steps = max(1, int(round(eval_every * per_epoch)))
+    if diagnostics_every is None:
+        diag_steps = eval_steps
+    else:
+        diag_steps = _check_int("diagnostics_every", diagnostics_every, low=0)
+    probe_size = batch_size if probe_size is None else _check_int("probe_size", probe_size)
+
+    # fixed subsets from a generator separate from the shuffling stream
+    sub = torch.Generator().manual_seed(seed + 7919)
+    probe = torch.randperm(n, generator=sub)[:probe_size]
+    train_eval = torch.randperm(n, generator=sub)[:max_eval] if max_eval else torch.arange(n)
+    test_eval = slice(0, max_eval) if max_eval else slice(None)
+    xe_tr, ye_tr = x_tr[train_eval], y_tr[train_eval]
+    xe_te, ye_te = x_te[test_eval], y_te[test_eval]
+    xp, yp = x_tr[probe], y_tr[probe]
+
+    config = {"learner": learner.config(), "data": data.name, "n_train": n,
+              "n_test": int(x_te.shape[0]), "batch_size": batch_size, "seed": seed,
+              "eval_every_batches": eval_steps, "diagnostics_every": diag_steps,
+              "max_eval": max_eval, "probe_size": probe_size, "n_eig": n_eig,
+              "dtype": str(learner.dtype)}
+    depth = len(learner.sizes) - 1
+
+    out = None if out_dir is None else Path(out_dir)
+    ckpt_path = None if out is None else out / "checkpoint.pt"
+    gen = torch.Generator().manual_seed(seed)
+    state = {"step": 0, "epoch": 0, "pos": 0, "perm": None, "examples": 0, "sim_time": 0.0,
+             "wall_time": 0.0, "step_wall_time": 0.0, "records": _empty_records()}
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        existing = [f for f in FILES if (out / f).exists()]
+        if resume and ckpt_path.exists():
+            ckpt = torch.load(ckpt_path, weights_only=True)
+            _check_resume_config(ckpt["config"], config)
+            learner.load_state_dict(ckpt["learner"])
+            gen.set_state(ckpt["rng"])
+            state = {k: ckpt[k] for k in state}
+        elif existing and not overwrite:
+            hint = ("resume=True found no checkpoint.pt to continue from; pass "
+                    "overwrite=True to start afresh there, or another out_dir") if resume else \
+                ("pass resume=True to continue it, overwrite=True to replace it, or another "
+                 "out_dir")
+            raise FileExistsError(f"out_dir {str(out)!r} already holds {existing} of an earlier "
+                                  f"run; {hint}")
+    records = state["records"]
+    bar = _Progress(progress, total)
+    clock = time.perf_counter()
+    wall0 = state["wall_time"]
+
+    def wall():
+        return wall0 + time.perf_counter() - clock
+
+    def evaluate():
+        tr = learner.evaluate(xe_tr, ye_tr)
+        te = learner.evaluate(xe_te, ye_te)
+        values = {"examples": state["examples"], "epoch": state["step"] / per_epoch,
+                  "batches": state["step"], "sim_time": state["sim_time"],
+                  "wall_time": wall(), "step_wall_time": state["step_wall_time"],
+                  "train_loss": tr[0], "train_accuracy": tr[1], "test_loss": te[0],
+                  "test_accuracy": te[1]}
+        for k, v in values.items():
+            records["eval"][k].append(float(v))
+
+    def save(done: bool):
+        if out is None:
+            return
+        state["wall_time"] = wall()
+        hist = History.from_records(records, depth, config)
+        hist.to_npz(out / "trajectory.npz")
+        summary = _summary(hist, config, state, per_epoch, total, done)
+        summary["solver"] = {k: getattr(learner, k) for k in
+                             ("unconverged", "unconverged_presentations")
+                             if hasattr(learner, k)}
+        _write_json(out / "summary.json", summary)
+        payload = {k: state[k] for k in state}
+        payload.update(learner=learner.state_dict(), rng=gen.get_state(), config=config)
+        atomic_write(ckpt_path, lambda f: torch.save(payload, f))
+
+    if state["step"] == 0 and not records["eval"]["examples"]:
+        evaluate()
+        save(done=total == 0)
+    try:
+        while state["step"] < total:
+            if state["pos"] == 0 or state["perm"] is None:
+                state["perm"] = torch.randperm(n, generator=gen)
+            idx = state["perm"][state["pos"] * batch_size:(state["pos"] + 1) * batch_size]
+            diag_now = diag_steps > 0 and state["step"] % diag_steps == 0
+            if diag_now:
+                values = layer_diagnostics(learner, xp, yp, n_eig=n_eig)
+                dg = records["diag"]
+                for name in LAYER_DIAGNOSTICS + SCALAR_DIAGNOSTICS:
+                    if name != "step_dW_norm":
+                        dg[name].append(values[name])
+                dg["examples"].append(state["examples"])
+                dg["batches"].append(state["step"])
+                dg["sim_time"].append(state["sim_time"])
+            t0 = time.perf_counter()
+            info = learner.step(x_tr[idx], y_tr[idx])
+            state["step_wall_time"] += time.perf_counter() - t0
+            if diag_now:
+                records["diag"]["step_dW_norm"].append(info["dW_norm"])
+            state["step"] += 1
+            state["pos"] += 1
+            state["examples"] += int(idx.numel())
+            state["sim_time"] += float(info.get("sim_time", 0.0))
+            if state["pos"] == per_epoch:
+                state["pos"], state["epoch"], state["perm"] = 0, state["epoch"] + 1, None
+            if state["step"] % eval_steps == 0 or state["step"] == total:
+                evaluate()
+                save(done=state["step"] == total)
+            last = records["eval"]
+            note = f"epoch {state['step'] / per_epoch:.2f}"
+            if last["test_loss"]:
+                note += f" test_loss {last['test_loss'][-1]:.4g}"
+                if math.isfinite(last["test_accuracy"][-1]):
+                    note += f" test_acc {last['test_accuracy'][-1]:.4f}"
+            bar.update(state["step"], note)
+    finally:
+        bar.close()
+    return History.from_records(records, depth, config)
+
+
+def _check_resume_config(saved: dict, current: dict):
+    diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    if diff:
+        raise ValueError(f"resume: the checkpoint was made with a different configuration "
+                         f"({', '.join(diff)} differ); use the same learner, data, batch_size, "
+                         "seed and evaluation settings, or another out_dir")
+
+
+def _summary(hist: History, config: dict, state: dict, per_epoch: int, total: int,
+             done: bool) -> dict:
+    final = hist.final()
+    epochs_done = state["step"] / per_epoch if per_epoch else 0.0
+    best = float(np.nanmax(hist.test_accuracy)) if np.isfinite(hist.test_accuracy).any() \
+        else float("nan")
+    return {
+        "complete": bool(done),
+        "final": final,
+        "best_test_accuracy": best,
+        "initial": {k: float(getattr(hist, k)[0]) for k in
+                    ("train_loss", "train_accuracy", "test_loss", "test_accuracy")}
+        if len(hist.examples) else {},
+        "config": config,
+        "timing": {"wall_time_s": state["wall_time"],
+                   "step_wall_time_s": state["step_wall_time"],
+                   "step_wall_time_per_epoch_s": state["step_wall_time"] / epochs_done
+                   if epochs_done else float("nan"),
+                   "sim_time": state["sim_time"], "batches": state["step"],
+                   "batches_total": total, "epochs_done": epochs_done},
+    }
