@@ -19,6 +19,14 @@ from dendrite_sim import _moved
 __version__ = "0.1.0"
 _moved.install()
 
+
+def __getattr__(name):
+    """``dendrite_sim.<old module>`` (e.g. ``dendrite_sim.teaching``) as an attribute."""
+    if name in _moved.MOVED:
+        import importlib
+        return importlib.import_module(f"dendrite_sim.{name}")
+    raise AttributeError(f"module 'dendrite_sim' has no attribute {name!r}")
+
 __all__ = ["simulate", "fixed_point", "jacobian", "spectrum", "continuation", "Trajectory",
            "Equilibrium", "Continuation",
            "Jacobian", "Spectrum", "Free", "Clamp", "Nudge", "NumericalError", "make_transfer"]

@@ -100,8 +100,8 @@ class Presentation:
 def present(model: NetworkModel, x, target, schedule: Schedule, mode: str = "quasi_static",
             params=None, *, method: str = "dopri5", rtol: float = 1e-6, atol: float = 1e-8,
             max_abs: float = 1e6, step_size=None, tol=None, rate_tol=None,
-            max_iter: int = 50,
-            require_plastic=("W",), end_state: bool = True) -> Presentation:
+            max_iter: int = 50, require_plastic=("W",), end_state: bool = True,
+            gate_samples: int = 4) -> Presentation:
     """Show the batch ``x`` with teaching ``target`` for ``schedule``; return the new weights.
 
     Parameters
@@ -130,9 +130,16 @@ def present(model: NetworkModel, x, target, schedule: Schedule, mode: str = "qua
     end_state : quasi-static mode: also solve the equilibrium at the weights the last phase
         ends with. ``False`` skips that solve when only the new weights are wanted (training);
         ``phase_states`` then leaves out the last phase.
+    gate_samples : quasi-static mode, phases whose gates vary in time (waveforms): each smooth
+        stretch between the waveforms' breakpoints is taken as this many pieces of equal length
+        with the gates held at their midpoint values (the adiabatic limit as it grows), >= 1.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
+    if mode not in model.presentation_modes:
+        raise ValueError(f"mode {mode!r} is not supported by {type(model).__name__} (its "
+                         f"presentation modes: {list(model.presentation_modes)})")
+    gate_samples = int(check_range("gate_samples", gate_samples, low=1))
     if not isinstance(schedule, Schedule):
         raise ValueError(f"schedule must be a Schedule; got {type(schedule).__name__}")
     schedule.check_model(model, require_plastic)
@@ -155,7 +162,7 @@ def present(model: NetworkModel, x, target, schedule: Schedule, mode: str = "qua
         return _coupled(model, x, target, schedule, params, method, rtol, atol, max_abs,
                         step_size)
     return _quasi_static(model, x, target, schedule, params, tol, rate_tol, max_iter,
-                         end_state)
+                         end_state, gate_samples)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -166,7 +173,9 @@ def _coupled(model, x, target, schedule, params, method, rtol, atol, max_abs, st
     y = model.initial_state(base, model.prepare(params))
     states, nfev, t0 = {}, 0, 0.0
     for phase in schedule.phases:
-        drive = dataclasses.replace(base, gates=_constant(phase.gates))
+        drive = _phase_drive(model, base, phase, t0)
+        if t0 > 0:                                   # the gates switch: the model may jump
+            y = model.jump(t0, y, drive, model.prepare(params))
         t = torch.tensor([t0, t0 + phase.duration], dtype=model.dtype, device=model.device)
         ys, final, count = integrate_drive(model, drive, t, y, params, method=method,
                                            rtol=rtol, atol=atol, step_size=step_size,
@@ -178,13 +187,58 @@ def _coupled(model, x, target, schedule, params, method, rtol, atol, max_abs, st
     return Presentation(_copy_params(params), states, nfev, schedule.duration, "coupled")
 
 
+def _phase_drive(model, base, phase, start):
+    """``base`` with the gates of ``phase`` (which begins at ``start``): constant, or read from
+    its waveforms at the time since ``start``, with their breakpoints."""
+    if not phase.time_varying:
+        return dataclasses.replace(base, gates=_constant(_bound_gates(model, phase.gates)))
+    return dataclasses.replace(
+        base, gates=lambda t: _bound_gates(model, phase.gates_at(float(t) - start)),
+        breakpoints=tuple(start + b for b in phase.breakpoints))
+
+
+def _bound_gates(model, gates: dict) -> dict:
+    """A phase's gate values with the gate of every plastic group of ``model`` that the phase
+    does not name switched off."""
+    return {**{f"plastic_{g}": 0.0 for g in model.plastic_groups}, **gates}
+
+
 def _plastic_groups(model, phase, params) -> tuple:
-    """The parameter groups ``phase`` makes plastic (``b`` follows ``W``): the ODE state of
-    the phase in coupled mode. The others have zero rates throughout the phase (their gates
-    are off) and are held, which leaves the solution unchanged and spares the integrator
+    """The parameters ``phase`` makes plastic (those of the plastic groups it names): the ODE
+    state of the phase in coupled mode. The others have zero rates throughout the phase (their
+    gates are off) and are held, which leaves the solution unchanged and spares the integrator
     their components (a third to a half of the weights in the two-phase schedule)."""
-    on = set(phase.plastic) | ({"b"} if "W" in phase.plastic else set())
+    on = {n for g in phase.plastic for n in model.plastic_groups.get(g, ())}
     return tuple(n for n in model.plastic_params if n in on and n in params)
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """A stretch of a phase over which the quasi-static learner holds the gates constant."""
+
+    phase: object          # the Phase
+    start: float           # time since the presentation began
+    duration: float
+    gates: dict            # gate values held over the piece
+    last: bool             # the piece ends its phase
+
+
+def _pieces(model, schedule, samples) -> list:
+    """The schedule as pieces of constant gates: a phase with constant gates is one piece; a
+    phase with waveforms is cut at their breakpoints and each stretch into ``samples`` equal
+    pieces, the gates held at the piece's midpoint."""
+    out = []
+    for start, phase in zip(schedule.boundaries, schedule.phases):
+        if not phase.time_varying:
+            out.append(_Piece(phase, start, phase.duration, _bound_gates(model, phase.gates),
+                              True))
+            continue
+        edges = (0.0,) + phase.breakpoints + (phase.duration,)
+        cuts = [a + (b - a) * j / samples for a, b in zip(edges[:-1], edges[1:])
+                for j in range(samples)] + [phase.duration]
+        out += [_Piece(phase, start + a, b - a, _bound_gates(model, phase.gates_at(0.5 * (a + b))),
+                       k == len(cuts) - 2) for k, (a, b) in enumerate(zip(cuts[:-1], cuts[1:]))]
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -194,7 +248,8 @@ def _constant(gates: dict):
     return lambda t: gates
 
 
-def _quasi_static(model, x, target, schedule, params, tol, rate_tol, max_iter, end_state):
+def _quasi_static(model, x, target, schedule, params, tol, rate_tol, max_iter, end_state,
+                  gate_samples):
     params = _copy_params(params)
     base = model.drive(x, target)                        # validated once
     prepared = model.prepare(params)                     # again whenever the weights move
@@ -202,12 +257,15 @@ def _quasi_static(model, x, target, schedule, params, tol, rate_tol, max_iter, e
     slow = tuple(v for v in model.slow_variables if v in model.layout.variables)
     others = [v for v in model.layout.variables if v != model.activity and v not in slow]
     pair = model.gates_per_example and not others
-    phases, solve = schedule.phases, dict(tol=tol, max_iter=max_iter)
+    pieces, solve = _pieces(model, schedule, gate_samples), dict(tol=tol, max_iter=max_iter)
     coarse_solve = dict(solve, tol=rate_tol)
     states, nfev, converged, worst, ahead = {}, 0, True, 0.0, None
-    t0 = 0.0
-    for k, phase in enumerate(phases):
-        drive = dataclasses.replace(base, gates=_constant(phase.gates))
+    for k, piece in enumerate(pieces):
+        phase, t0 = piece.phase, piece.start
+        drive = dataclasses.replace(base, gates=_constant(piece.gates))
+        if k > 0:                 # the gates switch: the model may jump (e.g. sample-and-hold)
+            jumped = model.jump(t0, y, drive, prepared)
+            y, ahead = (y, ahead) if jumped is y else (jumped, None)
         held = slow + tuple(v for v in (frozen_variables(model, drive, prepared, y, t0)
                                         if others else ()) if v not in slow)
         view = Frozen(model, held, y) if held else model
@@ -216,25 +274,25 @@ def _quasi_static(model, x, target, schedule, params, tol, rate_tol, max_iter, e
             y_star, eq = _equilibrate(view, y, drive, params, prepared,
                                       coarse_solve if coarse else solve)
             nfev, converged, worst = _tally(eq, phase, nfev, converged, worst, final=not coarse)
-        else:        # solved with the previous phase's re-solve; the held blocks are y's
+        else:        # solved with the previous piece's re-solve; the held blocks are y's
             y_star, ahead = (view.embed(view.restrict(ahead)) if held else ahead), None
-        y, y_mean = _relax_slow(model, drive, prepared, y_star, slow, t0, phase.duration)
+        y, y_mean = _relax_slow(model, drive, prepared, y_star, slow, t0, piece.duration)
         rates = model.plasticity(t0, y_mean, drive, prepared)
-        params = _euler_step(model, params, rates, phase.duration)
-        last = k == len(phases) - 1
+        params = _euler_step(model, params, rates, piece.duration)
+        last = k == len(pieces) - 1
         if last and not end_state:
             break
         if coarse or _moving(model, rates):  # end at the equilibrium of the end weights, to tol
             prepared = model.prepare(params)
             if pair and not last:
-                y_star, ahead, eq = _equilibrate_pair(view, y_star, drive, phases[k + 1],
+                y_star, ahead, eq = _equilibrate_pair(view, y_star, drive, pieces[k + 1].gates,
                                                       params, prepared, solve)
             else:
                 y_star, eq = _equilibrate(view, y_star, drive, params, prepared, solve)
             nfev, converged, worst = _tally(eq, phase, nfev, converged, worst)
-            y, _ = _relax_slow(model, drive, prepared, y_star, slow, t0, phase.duration)
-        states[phase.name] = y
-        t0 += phase.duration
+            y, _ = _relax_slow(model, drive, prepared, y_star, slow, t0, piece.duration)
+        if piece.last:
+            states[phase.name] = y
     return Presentation(params, states, nfev, schedule.duration, "quasi_static", converged,
                         worst)
 
@@ -274,7 +332,8 @@ def _equilibrate(view, y, drive, params, prepared, solve):
 
 
 def _equilibrate_pair(view, y, drive, following, params, prepared, solve):
-    """The equilibrium of this phase (``drive``'s gates) and of the ``following`` phase, both
+    """The equilibrium of this piece (``drive``'s gates) and of the next one (gate values
+    ``following``), both
     at the same weights and from ``y``, solved as one batch of ``2B`` examples whose gates
     differ per example (``Drive.example_gates``): at small batches an iteration costs about
     the same for twice the examples. Valid when the activity does not depend on the held
@@ -284,7 +343,7 @@ def _equilibrate_pair(view, y, drive, following, params, prepared, solve):
     batch = y.shape[0]
     both = torch.cat([y, y])
     twice = torch.arange(batch, device=y.device).repeat(2)
-    now, then = drive.gates(0.0), following.gates
+    now, then = drive.gates(0.0), following
     differ = [n for n in now if now[n] != then.get(n, now[n])]
     table = torch.tensor([[float(now[n]) for n in differ], [float(then[n]) for n in differ]],
                          dtype=y.dtype, device=y.device).repeat_interleave(batch, dim=0)

@@ -3,17 +3,20 @@
 A :class:`Schedule` is an ordered list of :class:`Phase` objects, played back to back from
 ``t = 0``. Each phase holds its gates constant:
 
-* ``"teach"``     — 1 while the output is nudged/clamped, 0 while it is short-circuited
+* ``"teach"``         — 1 while the output is nudged/clamped, 0 while it is short-circuited
   (``h_L^trgt = h_L``, free phase);
-* ``"plastic_W"`` — 1 while the forward weights learn (``"plastic_b"`` follows it: biases use
-  the forward rule);
-* ``"plastic_Q"`` — 1 while the feedback weights learn;
-* ``"trace"``     — 1 while the slow trace follows the activity (two-phase DTP,
-  ``T_z dz_i/dt = trace(t) (h_i - z_i)``), 0 while it holds its value.
+* ``"plastic_<group>"`` — 1 while the model's plastic group learns (``model.plastic_groups``;
+  the mixing models: ``W`` with its biases, ``Q``), 0 otherwise;
+* ``"trace"``         — 1 while a slow trace follows the activity (two-phase DTP,
+  ``T_z dz_i/dt = trace(t) (h_i - z_i)``), 0 while it holds its value;
+* any other gate a model declares (``model.gates``), through ``extra_gates``: a number, or a
+  :class:`~dendrite_sim.dynamics.gates.Waveform` of the time since the phase began (e.g. an
+  oscillating ``gamma(t)``).
 
 Phase ``k`` covers ``[start_k, end_k)``; at or after the end of the schedule the last phase
-holds. The interior phase boundaries are the :attr:`Schedule.breakpoints` handed to the
-integrator, which restarts there so no step straddles a switch.
+holds. The phase boundaries and the waveforms' own breakpoints are the
+:attr:`Schedule.breakpoints` handed to the integrator, which restarts there so no step
+straddles a switch.
 
 Factories:
 
@@ -27,16 +30,18 @@ from __future__ import annotations
 
 import bisect
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from dendrite_sim.dynamics.gates import Waveform, gate_value, is_constant
 from dendrite_sim.errors import check_range
 
 __all__ = ["Phase", "Schedule", "PLASTIC_NAMES", "GATE_NAMES"]
 
-#: parameter groups a phase can make plastic (``b`` follows ``W``)
+#: plastic groups whose gates every phase sets (1 or 0), beside those it names: the groups of
+#: the mixing models (``W`` with its biases, ``Q``)
 PLASTIC_NAMES = ("W", "Q")
 #: gates every schedule sets at every time
-GATE_NAMES = ("teach", "plastic_W", "plastic_b", "plastic_Q", "trace")
+GATE_NAMES = ("teach", "plastic_W", "plastic_Q", "trace")
 
 
 @dataclass(frozen=True)
@@ -48,9 +53,11 @@ class Phase:
     name : label of the phase (unique within a schedule), e.g. ``"free"``, ``"learn"``.
     duration : length in model time units, finite and > 0.
     teach : output teaching on (``teach`` gate 1) or short-circuited (0).
-    plastic : names of the parameter groups that learn, a subset of :data:`PLASTIC_NAMES`
-        (``"W"``: forward weights and biases; ``"Q"``: feedback weights).
+    plastic : names of the model's plastic groups that learn (``model.plastic_groups``; the
+        mixing models: ``"W"`` forward weights and biases, ``"Q"`` feedback weights).
     trace : the slow trace follows the activity (``trace`` gate 1) or holds (0).
+    extra_gates : ``{gate name: number or Waveform}`` for the other gates the model reads
+        (:mod:`dendrite_sim.dynamics.gates`); a waveform makes the phase's gates vary in time.
     """
 
     name: str
@@ -58,6 +65,7 @@ class Phase:
     teach: bool = False
     plastic: tuple = ()
     trace: bool = False
+    extra_gates: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -67,13 +75,13 @@ class Phase:
         try:
             plastic = tuple(plastic)
         except TypeError:
-            raise ValueError(f"plastic must be a tuple of names from {PLASTIC_NAMES}; got "
-                             f"{self.plastic!r}") from None
+            raise ValueError(f"plastic must be a tuple of plastic group names (e.g. "
+                             f"{PLASTIC_NAMES}); got {self.plastic!r}") from None
         for name in plastic:
-            if name not in PLASTIC_NAMES:
-                hint = " (biases follow 'W')" if name == "b" else ""
-                raise ValueError(f"plastic must name parameter groups from {PLASTIC_NAMES}"
-                                 f"{hint}; got {name!r}")
+            if not isinstance(name, str) or not name.isidentifier():
+                raise ValueError(f"plastic must name plastic groups (identifiers, e.g. "
+                                 f"{PLASTIC_NAMES}); got {name!r}")
+        object.__setattr__(self, "extra_gates", _check_extra_gates(self.extra_gates))
         for flag in ("teach", "trace"):
             value = getattr(self, flag)
             if not isinstance(value, (bool, int)) or value not in (0, 1):
@@ -85,11 +93,47 @@ class Phase:
 
     @property
     def gates(self) -> dict:
-        """The constant gate values of this phase (floats 0.0 / 1.0)."""
-        w = 1.0 if "W" in self.plastic else 0.0
-        return {"teach": float(self.teach), "plastic_W": w, "plastic_b": w,
-                "plastic_Q": 1.0 if "Q" in self.plastic else 0.0,
-                "trace": float(self.trace)}
+        """The gates of this phase: ``teach``, ``trace`` and ``plastic_<group>`` (floats 0.0 /
+        1.0; every group of :data:`PLASTIC_NAMES` and those named in ``plastic``), then
+        ``extra_gates`` (numbers or waveforms)."""
+        plastic = {f"plastic_{g}": float(g in self.plastic)
+                   for g in dict.fromkeys(PLASTIC_NAMES + self.plastic)}
+        return {"teach": float(self.teach), **plastic, "trace": float(self.trace),
+                **self.extra_gates}
+
+    @property
+    def time_varying(self) -> bool:
+        """Whether a gate of this phase is a waveform."""
+        return not all(is_constant(v) for v in self.extra_gates.values())
+
+    @property
+    def breakpoints(self) -> tuple:
+        """The waveforms' breakpoints inside the phase, relative to its start, ascending."""
+        points = {b for v in self.extra_gates.values() if not is_constant(v)
+                  for b in v.breakpoints_within(self.duration)}
+        return tuple(sorted(points))
+
+    def gates_at(self, s: float) -> dict:
+        """The gate values (floats) at ``s`` after the phase began."""
+        return {k: gate_value(v, s) for k, v in self.gates.items()}
+
+
+def _check_extra_gates(gates) -> dict:
+    if gates is None:
+        return {}
+    if not isinstance(gates, dict):
+        raise ValueError(f"extra_gates must be a dict {{gate name: number or Waveform}}; got "
+                         f"{type(gates).__name__}")
+    out = {}
+    for name, value in gates.items():
+        if not isinstance(name, str) or name in ("teach", "trace") or name.startswith("plastic_"):
+            raise ValueError(f"extra_gates: {name!r} is set by the phase itself (teach, trace, "
+                             "plastic) or is not a gate name")
+        if isinstance(value, Waveform):
+            out[name] = value
+        else:
+            out[name] = check_range(f"extra_gates[{name!r}]", value)
+    return out
 
 
 class Schedule:
@@ -167,8 +211,11 @@ class Schedule:
 
     @property
     def breakpoints(self) -> tuple:
-        """Interior phase boundaries (where the gates jump), for the integrator."""
-        return self._ends[:-1]
+        """Interior phase boundaries and the waveforms' breakpoints inside the phases (where the
+        gates jump or kink), ascending, for the integrator."""
+        inner = [start + b for start, p in zip(self.boundaries, self.phases)
+                 for b in p.breakpoints]
+        return tuple(sorted(set(self._ends[:-1]) | set(inner)))
 
     @property
     def names(self) -> tuple:
@@ -187,7 +234,10 @@ class Schedule:
 
     def gates(self, t) -> dict:
         """Gate values at ``t`` (a fresh dict of floats)."""
-        return dict(self._gates[self.index_at(t)])
+        k = self.index_at(t)
+        if not self.phases[k].time_varying:
+            return dict(self._gates[k])
+        return self.phases[k].gates_at(float(t) - self.boundaries[k])
 
     __call__ = gates
 
@@ -197,9 +247,17 @@ class Schedule:
         return any(name in p.plastic for p in self.phases)
 
     def check_model(self, model, require_plastic=("W",)) -> "Schedule":
-        """Raise ``ValueError`` (naming ``schedule``) unless every group in ``require_plastic``
-        that ``model`` has plasticity for is plastic in at least one phase."""
-        has = tuple(getattr(model, "plastic_params", ()))
+        """Raise ``ValueError`` (naming ``schedule``) unless every phase names only plastic
+        groups of ``model`` and every group in ``require_plastic`` that ``model`` has is plastic
+        in at least one phase."""
+        has = tuple(model.plastic_groups)
+        for phase in self.phases:
+            unknown = [g for g in phase.plastic if g not in has]
+            if unknown:
+                hint = " (biases follow 'W')" if "b" in unknown else ""
+                raise ValueError(f"schedule: phase {phase.name!r} makes {unknown} plastic, but "
+                                 f"{type(model).__name__}'s plastic groups are {list(has)}"
+                                 f"{hint}")
         for name in require_plastic:
             if name in has and not self.plastic_anywhere(name):
                 raise ValueError(f"schedule has no phase where {name!r} is plastic, but "
@@ -216,5 +274,6 @@ class Schedule:
     def __repr__(self) -> str:
         inner = ", ".join(f"{p.name}: {p.duration:g} teach={int(p.teach)} "
                           f"plastic={''.join(p.plastic) or '-'} trace={int(p.trace)}"
+                          + "".join(f" {k}={v!r}" for k, v in p.extra_gates.items())
                           for p in self.phases)
         return f"Schedule([{inner}])"
