@@ -1,40 +1,50 @@
-"""Integration of a model's vector field: a thin layer over ``torchdiffeq.odeint``.
+"""Integration of a model's vector field (docs/integration.md).
+
+The default methods (``dopri5``, ``tsit5``, ``bosh3``, ``heun3``, ``rk4``, ``midpoint``,
+``euler``) run on the lean batched Runge-Kutta integrator of :mod:`~dendrite_sim.dynamics.rk`;
+torchdiffeq's methods are available as ``"torchdiffeq:<name>"`` (and the adjoint always runs on
+torchdiffeq). Settings travel as an :class:`~dendrite_sim.dynamics.integrators.Integrator`.
 
 The neural state ``y`` is ``(B, N)``. With ``plastic=True`` the plastic parameters become ODE
-state too: torchdiffeq integrates ``(y, *displacements)`` jointly (coupled mode), packed in one
-flat vector (torchdiffeq's own packing of a tuple state cost ~10 % of a digits evaluation) with
-torchdiffeq's error norm of a tuple, the largest root-mean-square over the parts; the weights
-are shared by every example of the batch (their rates are batch averages). A weight enters
-the state as its displacement from its value at the start of the segment, so a step adds the
-small change to a small number; adding it to the weight itself loses the change's digits below
-the weight's float32 resolution. Measured, float32 against float64 weight changes of one
-presentation on the digits two-phase network at 2e-4 of the training rates: ``W_1..3`` 34 / 7 /
-6 % off and ``Q_1, Q_2`` 400 / 73 % off with the weights as state, 1.9 / 0.4 / 0.3 % and
-22 / 2.9 % with displacements (the rest is the float32 activity; ``tests/test_integrate.py``
-checks a small case, 0.23 against 0.018). The error control is unchanged: each displacement's
-absolute tolerance is ``atol + rtol |theta_0|``.
+state too: ``(y, *displacements)`` are integrated jointly (coupled mode), packed in one
+flat vector with torchdiffeq's error norm of a tuple, the largest root-mean-square over the
+parts; the weights are shared by every example of the batch (their rates are batch averages).
+A weight enters the state as its displacement from its value at the start of the segment, so
+a step adds the small change to a small number; adding it to the weight itself loses the
+change's digits below the weight's float32 resolution. Measured, float32 against float64
+weight changes of one presentation on the digits two-phase network at 2e-4 of the training
+rates: ``W_1..3`` 34 / 7 / 6 % off and ``Q_1, Q_2`` 400 / 73 % off with the weights as state,
+1.9 / 0.4 / 0.3 % and 22 / 2.9 % with displacements (the rest is the float32 activity;
+``tests/test_integrate.py`` checks a small case, 0.23 against 0.018). The error control is
+unchanged: each displacement's absolute tolerance is ``atol + rtol |theta_0|``.
 
 Gate switches (``drive.breakpoints``) split the integration into segments that restart at the
 switch, and within a segment gates are read at times clamped to it (:meth:`Drive.within`), so
-no solver stage ever sees the gates of the next phase. After each segment the state is
-checked: NaN/inf or ``|y| > max_abs`` raise :class:`~dendrite_sim.errors.NumericalError`.
+no solver stage ever sees the gates of the next phase. At each switch the state jumps to
+``model.jump`` (identity by default). After each segment the state is checked: NaN/inf or
+``|y| > max_abs`` raise :class:`~dendrite_sim.errors.NumericalError`; so does a segment that
+spends its step budget (``Integrator.max_steps``).
 """
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 
 import torch
 from torchdiffeq import odeint, odeint_adjoint
 
 from dendrite_sim.errors import NumericalError, check_range
+from dendrite_sim.dynamics import rk
+from dendrite_sim.dynamics.integrators import FIXED_STEP, Integrator, METHODS as REGISTRY
 from dendrite_sim.dynamics.model import Drive, NetworkModel
+from dendrite_sim.dynamics.rk import TABLEAUX
 
-__all__ = ["simulate", "Trajectory", "integrate_drive", "METHODS"]
+__all__ = ["simulate", "Trajectory", "integrate_drive", "relax", "Relaxation", "Integrator",
+           "METHODS", "FIXED_STEP"]
 
-METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun", "euler", "midpoint",
-           "heun3", "rk4", "explicit_adams", "implicit_adams", "scipy_solver")
-FIXED_STEP = ("euler", "midpoint", "heun3", "rk4", "explicit_adams", "implicit_adams")
+#: the method names (a live view of the registry ``integrators.METHODS``)
+METHODS = REGISTRY.keys()
 
 
 @dataclass
@@ -83,10 +93,11 @@ class _Field(torch.nn.Module):
         self.sizes = [math.prod(shape) for shape in self.shapes]
         # with the adjoint method, autograd re-enters the field: prepare inside each call
         self._prepared = None if reprepare else model.prepare(params)
-        self.nfev = 0
+        self.nfev, self.last_t = 0, 0.0
 
     def forward(self, t, state):
         self.nfev += 1
+        self.last_t = t
         if not self.plastic_names:
             prepared = self._prepared or self.model.prepare(self.params)
             return self.model.field(t, state, self.drive, prepared)
@@ -96,6 +107,15 @@ class _Field(torch.nn.Module):
         # a rule switched off (rate None) is integrated as zero
         return self.pack([dy] + [torch.zeros_like(p) if rates[n][k] is None else rates[n][k]
                                  for (n, k), p in zip(self.slots, self.start)])
+
+    def subset(self, index):
+        """The field of the examples ``index`` of the batch (no plastic parameters)."""
+        if index.numel() == self.drive.batch_size:
+            drive = self.drive
+        else:
+            drive = self.drive.subset(index)
+        prepared = self._prepared or self.model.prepare(self.params)
+        return lambda t, y: self.model.field(t, y, drive, prepared)
 
     def pack(self, tensors) -> torch.Tensor:
         return torch.cat([v.reshape(-1) for v in tensors])
@@ -154,57 +174,124 @@ def _segments(t: torch.Tensor, breakpoints):
 
 def integrate_drive(model, drive: Drive, t, y0, params, *, method="dopri5", rtol=1e-6,
                     atol=1e-8, step_size=None, adjoint=False, plastic=False, max_abs=1e6,
-                    options=None):
+                    options=None, integrator: Integrator | None = None):
     """Integrate from ``y0`` over the grid ``t`` (restarting at breakpoints).
 
     ``plastic``: ``False``, ``True`` (every plastic parameter of the model is ODE state) or a
     collection of parameter names (only those; the others are held).
+    ``integrator``: an :class:`Integrator` (it replaces ``method, rtol, atol, step_size,
+    max_abs, options``). At every breakpoint between segments the state becomes
+    ``model.jump(t_b, y, drive, prepared)`` (the neural state only; the drive of the segment
+    that starts there); the output at ``t_b`` is the state before the jump.
     Returns ``(ys (T, B, N), final params, nfev)``. Engine-level entry point used by
     :func:`simulate` and by the training loop.
     """
+    integ = integrator or Integrator(method, rtol, atol, step_size, max_abs=max_abs,
+                                     options=options)
     names = tuple(n for n in model.plastic_params if n in params
                   and (plastic is True or (plastic is not False and n in plastic)))
-    opts = dict(options or {})
-    if step_size is not None:
-        opts["step_size"] = step_size
-    solver = odeint_adjoint if adjoint else odeint
+    if integ.per_example and (names or adjoint):
+        raise ValueError("per_example steps need plastic=False and adjoint=False (the weights "
+                         "and the adjoint are shared by the whole batch)")
     outputs, nfev, y, current = [], 0, y0, params
     segments, requested = _segments(t, drive.breakpoints)
     for k, seg in enumerate(segments):
-        func = _Field(model, drive.within(seg[0], seg[-1]), current, names,
-                      reprepare=adjoint or bool(names), y_shape=y.shape)
-        state, tol, seg_opts = y, atol, opts
-        if names:                # displacements from the segment's starting weights
-            state = func.pack([y] + [torch.zeros_like(p) for p in func.start])
-            seg_opts = {"norm": func.max_rms, **opts}
-            if not adjoint:      # the adjoint's augmented state takes scalar tolerances
-                tol = func.pack([torch.full_like(y, atol)]
-                                + [atol + rtol * p.detach().abs() for p in func.start])
-        extra = {}
-        if adjoint:
-            extra["adjoint_params"] = tuple(p for ps in current.values() for p in (ps or [])
-                                            if p is not None and p.requires_grad)
-        try:
-            sol = solver(func, state, seg, method=method, rtol=rtol, atol=tol,
-                         options=seg_opts or None, **extra)
-        except AssertionError as err:  # torchdiffeq: "underflow in dt" and the like
-            raise NumericalError(f"integration failed in [{float(seg[0]):.6g}, "
-                                 f"{float(seg[-1]):.6g}]: {err}") from None
-        ys = sol
-        if names:
-            ys, *displacements = func.unpack(sol)
-            current = func.params_at([d[-1] for d in displacements])
+        seg_drive = drive.within(seg[0], seg[-1])
+        if k:
+            y = model.jump(seg[0], y, seg_drive, model.prepare(current))
+        func = _Field(model, seg_drive, current, names, reprepare=adjoint or bool(names),
+                      y_shape=y.shape)
+        ys, current, used = _integrate_segment(func, y, seg, integ, adjoint, current)
         _check_finite(torch.cat([ys[-1].flatten()] + [current[n][i].flatten() for n, i
                                                       in func.slots]),
-                      seg[-1], max_abs)
+                      seg[-1], integ.max_abs)
         outputs.append(ys if k == 0 else ys[1:])
-        y, nfev = ys[-1], nfev + func.nfev
+        y, nfev = ys[-1], nfev + used
     return torch.cat(outputs)[requested], (current if names else None), nfev
+
+
+def _integrate_segment(func, y, seg, integ, adjoint, params):
+    """One segment: ``(ys (T, B, N), params at its end, nfev)``."""
+    state, tol, norm = y, integ.atol, None
+    if func.plastic_names:       # displacements from the segment's starting weights
+        state = func.pack([y] + [torch.zeros_like(p) for p in func.start])
+        norm = func.max_rms
+        if not adjoint:          # the adjoint's augmented state takes scalar tolerances
+            tol = func.pack([torch.full_like(y, integ.atol)]
+                            + [integ.atol + integ.rtol * p.detach().abs() for p in func.start])
+    try:
+        if adjoint or integ.backend.engine == "torchdiffeq":
+            sol, nfev = _torchdiffeq(func, state, seg, integ, tol, norm, adjoint, params), None
+        elif integ.per_example:
+            solution = rk.solve_per_example(func.subset, state, seg, TABLEAUX[integ.method],
+                                            rtol=integ.rtol, atol=tol, max_steps=integ.budget,
+                                            **_control(integ.options))
+            sol, nfev = solution.ys, solution.nfev
+        else:
+            solution = rk.solve(func, state, seg, TABLEAUX[integ.backend.solver],
+                                rtol=integ.rtol, atol=tol, norm=(integ.options or {}).get(
+                                    "norm", norm), step_size=integ.steps_option,
+                                max_steps=integ.budget, first_step=(integ.options or {}).get(
+                                    "first_step"), **_control(integ.options))
+            sol, nfev = solution.ys, solution.nfev
+    except NumericalError as err:
+        raise NumericalError(f"{err} (integrating [{float(seg[0]):.6g}, "
+                             f"{float(seg[-1]):.6g}])") from None
+    if func.plastic_names:
+        ys, *displacements = func.unpack(sol)
+        params = func.params_at([d[-1] for d in displacements])
+    else:
+        ys = sol
+    return ys, params, func.nfev if nfev is None else nfev
+
+
+def _control(options) -> dict:
+    """The step-control constants among the lean options."""
+    return {k: v for k, v in (options or {}).items() if k in ("safety", "ifactor", "dfactor")}
+
+
+def _torchdiffeq(func, state, seg, integ, tol, norm, adjoint, params):
+    """A segment on torchdiffeq (its methods, and every adjoint): its options, with
+    ``max_num_steps`` the step budget; its failures as :class:`NumericalError`."""
+    solver_name = integ.backend.solver
+    if adjoint and solver_name not in _torchdiffeq_methods():
+        raise ValueError(f"adjoint=True integrates with torchdiffeq, which has no method "
+                         f"{integ.method!r}; use one of {tuple(_torchdiffeq_methods())}")
+    opts = {k: v for k, v in (integ.options or {}).items() if k != "max_num_steps"}
+    if integ.step_size is not None:
+        opts["step_size"] = integ.step_size
+    if norm is not None:
+        opts = {"norm": norm, **opts}
+    if integ.fixed:
+        steps = float(seg[-1] - seg[0]) / float(integ.steps_option)
+        if steps > integ.budget:
+            raise rk._budget_error(float(seg[0]), float(seg[0]), float(seg[-1]), integ.budget)
+    else:
+        opts["max_num_steps"] = integ.budget
+    extra = {}
+    if adjoint:
+        extra["adjoint_params"] = tuple(p for ps in params.values() for p in (ps or [])
+                                        if p is not None and p.requires_grad)
+    solver = odeint_adjoint if adjoint else odeint
+    try:
+        return solver(func, state, seg, method=solver_name, rtol=integ.rtol, atol=tol,
+                      options=opts or None, **extra)
+    except AssertionError as err:  # torchdiffeq: "underflow in dt", "max_num_steps exceeded"
+        if "max_num_steps" in str(err):
+            raise rk._budget_error(float(func.last_t), float(seg[0]), float(seg[-1]),
+                                   integ.budget) from None
+        raise NumericalError(f"integration failed at t = {float(func.last_t):.6g}: "
+                             f"{err}") from None
+
+
+def _torchdiffeq_methods():
+    return sys.modules["torchdiffeq._impl.odeint"].SOLVERS
 
 
 def simulate(model: NetworkModel, x, t, target=None, *, method="dopri5", rtol=1e-6, atol=1e-8,
              step_size=None, adjoint=False, y0=None, gates=None, breakpoints=(), params=None,
-             plastic=False, max_abs=1e6, options=None) -> Trajectory:
+             plastic=False, max_abs=1e6, options=None,
+             integrator: Integrator | None = None) -> Trajectory:
     """Integrate a batch of networks from ``y0`` (default: the forward pass) over times ``t``.
 
     Parameters
@@ -214,7 +301,9 @@ def simulate(model: NetworkModel, x, t, target=None, *, method="dopri5", rtol=1e
     t : increasing 1-D times (tensor or sequence); output is reported there.
     target : ``None`` (free), a ``(B, n_L)`` tensor (clamp) or a teaching object
         (:class:`~dendrite_sim.dynamics.teaching.Nudge`).
-    method : any torchdiffeq method (``dopri5`` default; ``rk4``/``euler`` need ``step_size``).
+    method : a name of ``METHODS`` (``dopri5`` default: the lean integrator; ``tsit5``,
+        ``bosh3``; ``rk4``/``heun3``/``midpoint``/``euler`` need ``step_size``;
+        ``"torchdiffeq:<name>"`` any torchdiffeq method; docs/integration.md).
     rtol, atol : tolerances of adaptive methods.
     adjoint : use ``odeint_adjoint`` (memory-light gradients through the solution).
     y0 : initial state ``(B, N)``; default: the model's ``initial_state``.
@@ -222,26 +311,70 @@ def simulate(model: NetworkModel, x, t, target=None, *, method="dopri5", rtol=1e
     params : parameters to use instead of ``model.params``.
     plastic : integrate the model's plasticity rules jointly with the activity.
     max_abs : a state beyond this magnitude is reported as a blow-up.
+    options : the method's options (lean: ``LEAN_OPTIONS``; torchdiffeq: its own).
+    integrator : an :class:`Integrator`, replacing ``method, rtol, atol, step_size, max_abs,
+        options`` (and adding ``max_steps``, ``per_example``).
     """
     drive = model.drive(x, target, gates, breakpoints)
     t = _check_times(t, model)
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}; got {method!r}")
-    if method in FIXED_STEP and step_size is None and not (options or {}).get("step_size"):
-        raise ValueError(f"method {method!r} is fixed-step: give step_size > 0")
-    if step_size is not None:
-        check_range("step_size", step_size, low=0.0, low_open=True)
-    check_range("rtol", rtol, low=0.0, low_open=True)
-    check_range("atol", atol, low=0.0, low_open=True)
+    if integrator is None:
+        integrator = Integrator(method, rtol, atol, step_size, max_abs=max_abs, options=options)
+    elif not isinstance(integrator, Integrator):
+        raise ValueError(f"integrator must be an Integrator; got {type(integrator).__name__}")
     params = model.params if params is None else params
     if y0 is None:
         y0 = model.initial_state(drive, model.prepare(params))
     else:
         y0 = model.check_state(y0, drive.batch_size)
-    ys, final, nfev = integrate_drive(model, drive, t, y0, params, method=method, rtol=rtol,
-                                      atol=atol, step_size=step_size, adjoint=adjoint,
-                                      plastic=plastic, max_abs=max_abs, options=options)
+    ys, final, nfev = integrate_drive(model, drive, t, y0, params, adjoint=adjoint,
+                                      plastic=plastic, integrator=integrator)
     return Trajectory(t, ys, model, final, nfev)
+
+
+@dataclass
+class Relaxation:
+    """Result of :func:`relax`: ``y`` ``(B, N)`` the state where each example stopped;
+    ``stop_times`` ``(B,)``; ``settled`` ``(B,)`` whether ``max |dy/dt| < tol`` there (else it
+    ran to ``t_max``); ``nfev`` field evaluations of the whole batch (example-evaluations / B).
+    """
+
+    y: torch.Tensor
+    stop_times: torch.Tensor
+    settled: torch.Tensor
+    nfev: int
+
+
+def relax(model: NetworkModel, x, target=None, *, tol, t_max, integrator=None, y0=None,
+          gates=None, params=None) -> Relaxation:
+    """Integrate each example until it settles, ``max |dy/dt| < tol`` (the check after every
+    accepted step), or until ``t_max``; a settled example stops costing.
+
+    ``gates``: constant gates ``t -> dict``, as in :func:`simulate` (no breakpoints). The
+    integrator must be adaptive and lean (default ``Integrator("dopri5")``); each example takes
+    its own steps.
+    """
+    check_range("tol", tol, low=0.0, low_open=True)
+    check_range("t_max", t_max, low=0.0, low_open=True)
+    integ = integrator or Integrator()
+    if not isinstance(integ, Integrator):
+        raise ValueError(f"integrator must be an Integrator; got {type(integ).__name__}")
+    if integ.backend.engine != "lean" or integ.fixed:
+        raise ValueError(f"relax needs an adaptive lean method; got {integ.method!r}")
+    drive = model.drive(x, target, gates)
+    params = model.params if params is None else params
+    prepared = model.prepare(params)
+    y0 = model.initial_state(drive, prepared) if y0 is None else \
+        model.check_state(y0, drive.batch_size)
+    t = torch.tensor([0.0, float(t_max)], dtype=model.dtype, device=model.device)
+    func = _Field(model, drive.within(0.0, t_max), params, (), reprepare=False,
+                  y_shape=y0.shape)
+    sol = rk.solve_per_example(func.subset, y0, t, TABLEAUX[integ.method], rtol=integ.rtol,
+                               atol=integ.atol, max_steps=integ.budget, settle_tol=float(tol),
+                               **_control(integ.options))
+    y = sol.ys[-1]
+    _check_finite(y, t_max, integ.max_abs)
+    settled = model.field(t[-1], y, drive, prepared).abs().amax(1) < tol
+    return Relaxation(y, sol.stop_times, settled, sol.nfev)
 
 
 def _check_times(t, model) -> torch.Tensor:
