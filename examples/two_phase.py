@@ -54,7 +54,7 @@ h_out, z_out = traj.layers[-1][:, 0], traj.variable("z")[-1][:, 0]
 # 2. One mini-batch: the weight change of each layer against the backprop gradient.
 x, y = x_tr[:32], y_tr[:32]
 pres = present(model, x, Nudge(loss_target(y, 10, F64), "cross_entropy", 0.1), schedule)
-grad = backprop_gradient(model.pathways, model.params, x, loss_target(y, 10, F64),
+grad = backprop_gradient(model, model.params, x, loss_target(y, 10, F64),
                          "cross_entropy")
 for i in range(model.depth):
     dW = (pres.params["W"][i] - model.W[i]).flatten()

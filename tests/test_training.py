@@ -81,8 +81,8 @@ def test_backprop_gradient_equals_finite_differences(loss):
                          for n, v in learner.params.items()}
                 plus[name][k][idx] += eps
                 minus[name][k][idx] -= eps
-                fd[idx] = (loss_of(plus, learner.pathways, x, target, loss)
-                           - loss_of(minus, learner.pathways, x, target, loss)) / (2 * eps)
+                fd[idx] = (loss_of(plus, model.pathways, x, target, loss)
+                           - loss_of(minus, model.pathways, x, target, loss)) / (2 * eps)
             torch.testing.assert_close(grad[name][k], fd, rtol=1e-6, atol=1e-8)
 
 
@@ -158,7 +158,7 @@ def test_gauss_newton_direction_linear_closed_form():
     gen = torch.Generator().manual_seed(2)
     x = torch.randn(5, 3, generator=gen, dtype=F64)
     y = torch.randn(5, 3, generator=gen, dtype=F64)
-    G = gauss_newton_direction(model.pathways, model.params, x, y, "mse")
+    G = gauss_newton_direction(model, model.params, x, y, "mse")
     W = [w.numpy() for w in model.params["W"]]
     h = [x.numpy()]
     for w in W:
@@ -180,7 +180,7 @@ def test_gauss_newton_pseudo_inverse_for_contracting_layer():
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(4, 3, generator=gen, dtype=F64)
     y = torch.randn(4, 2, generator=gen, dtype=F64)
-    G = gauss_newton_direction(model.pathways, model.params, x, y, "mse")
+    G = gauss_newton_direction(model, model.params, x, y, "mse")
     W1, W2, W3 = (w.numpy() for w in model.params["W"])
     h1 = x.numpy() @ W1.T
     h2 = h1 @ W2.T

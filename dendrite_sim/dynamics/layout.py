@@ -66,10 +66,6 @@ class Layout:
             out[b.variable].append(view)
         return out
 
-    def pack(self, parts: dict[str, list[torch.Tensor]]) -> torch.Tensor:
-        """Inverse of :meth:`unpack`: concatenate the blocks in layout order."""
-        return torch.cat([parts[b.variable][b.layer - 1] for b in self.blocks], dim=-1)
-
     def variable_slice(self, variable: str) -> slice:
         """The contiguous slice holding every layer of ``variable``."""
         own = [b for b in self.blocks if b.variable == variable]

@@ -43,7 +43,7 @@ class MixingNetwork(NetworkModel):
     def __init__(self, sizes, mu, tau, feedback, transfer, slope, bias, seed, dtype, device,
                  form, feedback_gain, eta, eta_inv, weight_decay, compensate_decay,
                  init_threshold, variables=()):
-        self.mu, self.tau = mu, tau
+        self.mu, self.tau, self.feedback, self.form = mu, tau, feedback, form
         self.eta, self.eta_inv, self.weight_decay = eta, eta_inv, weight_decay
         self.compensate_decay = bool(compensate_decay)
         self.pathways = Pathways(sizes, transfer, slope, bias, feedback, form, feedback_gain,
@@ -235,11 +235,8 @@ class MixingNetwork(NetworkModel):
             return torch.where(teach == 0, f, mixed)
         return mixed
 
-    def somatic_rates(self, t, h, drive, P):
-        """``dh_i/dt = (-h_i + (1-mu) f_i(h_{i-1}) + mu g_i(h_{i+1})) / tau``  (6.1)."""
-        return self._somatic(t, self.flow(h, P), drive)
-
     def _somatic(self, t, flow, drive):
+        """``dh_i/dt = (-h_i + (1-mu) f_i(h_{i-1}) + mu g_i(h_{i+1})) / tau``  (6.1)."""
         g = self._apicals(t, flow, drive)
         return [per_time(torch.lerp(flow.basal(i), gi, self.mu) - hi, self.tau)
                 for i, (hi, gi) in enumerate(zip(flow.h[1:], g), start=1)]
@@ -250,6 +247,35 @@ class MixingNetwork(NetworkModel):
         for i in range(1, self.depth + 1):
             h.append(self.pathways.forward(i, h[-1], P))
         return h[1:]
+
+    # -- diagnostics of target propagation ----------------------------------------------------
+    def learning_diagnostics(self, params, x, free, nudged):
+        """Per layer, from the free and nudged equilibria (thesis §6.5–6.6):
+
+        * ``useful_signal``: batch mean of ``||d^n_i - d^f_i||``, ``d_i = h_i - f_i(h_{i-1})``
+          the deviation from the forward map at the nudged and free equilibria (the learning
+          signal, (6.16), (6.36));
+        * ``recon_deviation``: batch mean of ``||d^f_i||``, what reconstruction errors alone
+          put there ((6.20)–(6.22));
+        * ``recon_error``: batch mean of ``||g_i(f_{i+1}(h_i)) - h_i||`` at the free equilibrium
+          (``i < L``; ~0 for exact inverses);
+        * ``q_distance``: ``||Q_i - W_{i+1}^+||_F / ||W_{i+1}^+||_F`` (learned feedback).
+        """
+        P, nan = self.prepare(params), float("nan")
+        hf = [x] + self.layers(free)
+        hn = [x] + self.layers(nudged)
+        dev_f = [hf[i] - self.pathways.forward(i, hf[i - 1], P) for i in range(1, self.depth + 1)]
+        dev_n = [hn[i] - self.pathways.forward(i, hn[i - 1], P) for i in range(1, self.depth + 1)]
+        out = {"useful_signal": [_mean_norm(dn - df) for dn, df in zip(dev_n, dev_f)],
+               "recon_deviation": [_mean_norm(df) for df in dev_f],
+               "recon_error": [_mean_norm(self.pathways.feedback_map(
+                   i, self.pathways.forward(i + 1, hf[i], P), P) - hf[i])
+                   for i in range(1, self.depth)] + [nan]}
+        if params.get("Q") is not None:
+            pinv = [torch.linalg.pinv(w) for w in params["W"][1:]]
+            out["q_distance"] = [float((q - p).norm() / p.norm())
+                                 for q, p in zip(params["Q"], pinv)] + [nan]
+        return out
 
     # -- plasticity templates ---------------------------------------------------------------
     def forward_rates(self, t, flow, errors, drive):
@@ -315,6 +341,10 @@ class Flow:
         """``g_i(h_{i+1})`` with the pathways' gain ``c``."""
         g, c = self.feedback_parts(i)[0], self.pathways.feedback_gain
         return g if c == 1.0 else c * g
+
+
+def _mean_norm(v: torch.Tensor) -> float:
+    return float(v.norm(dim=-1).mean())
 
 
 def per_time(change: torch.Tensor, time_constant) -> torch.Tensor:

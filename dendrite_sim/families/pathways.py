@@ -97,9 +97,9 @@ class Pathways:
         b = P["b"][i]
         return u if b is None else u - b
 
-    def feedback_map(self, i: int, y, P, gain=None):
+    def feedback_map(self, i: int, y, P):
         """``g_i(h_{i+1})`` for ``i = 1..L-1`` (module docstring), ``(B, n_i)``."""
-        c = self.feedback_gain if gain is None else gain
+        c = self.feedback_gain
         g = self.feedback_parts(i, y, P)[0]
         return g if c == 1.0 else c * g
 

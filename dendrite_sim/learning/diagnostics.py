@@ -1,19 +1,41 @@
-"""Learning diagnostics (SPEC §4)."""
+"""Learning diagnostics (the quantities of ``docs/design.md``, "Learning diagnostics").
+
+Every ``diagnostics_every`` batches :func:`~dendrite_sim.learning.train` takes a *trial*
+update of the learner on a fixed probe batch (the update it would make from its current
+weights, not applied) and records per layer ``i = 1..L`` (``NaN`` where a quantity does not
+exist for the learner or the model):
+
+``dW_norm``        ``||Delta theta_i||`` of the trial update, ``theta_i`` the learner's
+                   ``forward_names`` parameters of layer ``i`` (e.g. ``(W_i, b_i)``) flattened.
+``step_dW_norm``   ``||Delta theta_i||`` of the training step actually taken at that batch.
+``cos_bp``         cosine between ``Delta theta_i`` and ``-dLoss/dtheta_i``, the backprop
+                   gradient of the batch-mean loss of the model's forward map (autograd;
+                   any model that declares ``forward_params``).
+``cos_gn``         cosine with the Gauss–Newton direction of target propagation
+                   (:func:`gauss_newton_direction`; layered forward maps only).
+
+plus what the model's family defines (``model.learning_diagnostics`` at the free and nudged
+equilibria; the mixing models: reconstruction errors, ``Q`` distance, useful signal), and per
+sample ``max_real_eig``: the largest real part of the eigenvalues of the Jacobian of the
+activity block at the free equilibrium, maximised over the first ``n_eig`` probe examples.
+"""
 
 from __future__ import annotations
 
 import torch
 
 from dendrite_sim.dynamics.teaching import loss_gradient
-from .learners.base import _cosine, _forward_params, _difference, _layer_vectors
+from dendrite_sim.errors import all_finite
+from .learners.base import _cosine, _difference, _forward_params, _layer_vectors
 from .learners.backprop import backprop_gradient, forward_layers
 
-
+#: per-layer diagnostics every run records (the mixing family's own among them)
 LAYER_DIAGNOSTICS = ("dW_norm", "step_dW_norm", "cos_bp", "cos_gn", "recon_error",
                      "q_distance", "useful_signal", "recon_deviation")
 SCALAR_DIAGNOSTICS = ("max_real_eig",)
 
-def gauss_newton_direction(pathways, params, x, target, loss) -> dict:
+
+def gauss_newton_direction(model, params, x, target, loss) -> dict:
     """Per-layer Gauss–Newton target direction of target propagation, as weight directions.
 
     At the forward pass, with ``e_L = dLoss/dh_L`` per example and the layer Jacobians
@@ -35,13 +57,15 @@ def gauss_newton_direction(pathways, params, x, target, loss) -> dict:
         G_W_i = mean_b D_{s_i} delta h_i h_{i-1}^T,     G_b_i = mean_b D_{s_i} delta h_i
 
     For the output layer this is ``-dLoss/dW_L`` (GN and backprop coincide). Returned as
-    ``{"W": [...], "b": [...]}`` (unnormalised: only directions are compared).
+    ``{"W": [...], "b": [...]}`` (unnormalised: only directions are compared). For models
+    whose forward map is layered (``model.forward_layers`` and ``model.layer_transfers``).
     """
     with torch.no_grad():
-        h = forward_layers(pathways, params, x)
-        L = pathways.depth
-        a = [None] + [pathways.preactivation(i, h[i - 1], params) for i in range(1, L + 1)]
-        d = [None] + [pathways.transfers[i - 1].derivative(a[i]) for i in range(1, L + 1)]
+        h = forward_layers(model, params, x)
+        L, transfers = len(h) - 1, model.layer_transfers
+        a = [None] + [torch.nn.functional.linear(h[i - 1], params["W"][i - 1],
+                                                 params["b"][i - 1]) for i in range(1, L + 1)]
+        d = [None] + [transfers[i - 1].derivative(a[i]) for i in range(1, L + 1)]
         delta = [None] * (L + 1)
         delta[L] = -loss_gradient(loss, h[L], target)
         for i in range(L - 1, 0, -1):
@@ -59,74 +83,53 @@ def gauss_newton_direction(pathways, params, x, target, loss) -> dict:
     return out
 
 
-
-# ============================================================================================
-# diagnostics
-# ============================================================================================
 def layer_diagnostics(learner, x, y, n_eig: int = 4) -> dict:
-    """SPEC §4 diagnostics of ``learner`` on the batch ``(x, y)`` (module docstring).
+    """The diagnostics of ``learner`` on the batch ``(x, y)`` (module docstring).
 
     Returns ``{name: [value per layer]}`` for :data:`LAYER_DIAGNOSTICS` (without
-    ``step_dW_norm``, which belongs to a training step) and ``{"max_real_eig": value}``.
+    ``step_dW_norm``, which belongs to a training step) and the model's own, and
+    ``{"max_real_eig": value}``.
     """
     L = len(learner.sizes) - 1
-    nan_layers = [float("nan")] * L
-    out = {name: list(nan_layers) for name in LAYER_DIAGNOSTICS if name != "step_dW_norm"}
+    out = {name: [float("nan")] * L for name in LAYER_DIAGNOSTICS if name != "step_dW_norm"}
     out["max_real_eig"] = float("nan")
-    current = _forward_params(learner.params)
+    current = _forward_params(learner.params, learner.forward_names)
     new, _ = learner.propose(x, y)
     delta = _layer_vectors(_difference(new, current), L)
     out["dW_norm"] = [float(v.norm()) for v in delta]
-    pathways = learner.pathways
-    if pathways is None:
+    model = learner.model
+    if model is None or not model.forward_params:
         return out
     target = learner._target(y)
-    neg_grad = backprop_gradient(pathways, current, x, target, learner.loss_name)
-    neg_grad = {n: [None if g is None else -g for g in v] for n, v in neg_grad.items()}
-    gn = gauss_newton_direction(pathways, current, x, target, learner.loss_name)
-    out["cos_bp"] = [_cosine(d, g) for d, g in zip(delta, _layer_vectors(neg_grad, L))]
-    out["cos_gn"] = [_cosine(d, g) for d, g in zip(delta, _layer_vectors(gn, L))]
-    if getattr(learner, "dynamic", False):
+    params = {**model.params, **learner.params}
+    grad = backprop_gradient(model, params, x, target, learner.loss_name)
+    descent = _layer_vectors({n: [None if g is None else -g for g in v]
+                              for n, v in grad.items() if n in current}, L)
+    out["cos_bp"] = [_cosine(d, g) for d, g in zip(delta, descent)]
+    if model.layer_transfers is not None and set(current) == {"W", "b"}:
+        gn = gauss_newton_direction(model, params, x, target, learner.loss_name)
+        out["cos_gn"] = [_cosine(d, g) for d, g in zip(delta, _layer_vectors(gn, L))]
+    if learner.dynamic:
         out.update(_dynamic_diagnostics(learner, x, y, n_eig))
     return out
 
 
-def _mean_norm(v: torch.Tensor) -> float:
-    return float(v.norm(dim=-1).mean())
-
-
 def _dynamic_diagnostics(learner, x, y, n_eig) -> dict:
+    """The model family's diagnostics at the free and nudged equilibria, and the largest
+    real part of the activity block's eigenvalues at the free one."""
     from dendrite_sim.dynamics.equilibrium import fixed_point
     from dendrite_sim.dynamics.spectral import jacobian
 
-    model, pathways = learner.model, learner.pathways
-    L = len(learner.sizes) - 1
-    P = model.params
-    prepared = model.prepare(P)
+    model = learner.model
     free = fixed_point(model, x, None, **learner.fixed_point_kwargs)
     nudged = fixed_point(model, x, learner.teaching(y), y0=free.y, **learner.fixed_point_kwargs)
-    hf, hn = [x] + free.layers, [x] + nudged.layers
-    out = {}
     with torch.no_grad():
-        dev_f = [hf[i] - pathways.forward(i, hf[i - 1], P) for i in range(1, L + 1)]
-        dev_n = [hn[i] - pathways.forward(i, hn[i - 1], P) for i in range(1, L + 1)]
-        out["useful_signal"] = [_mean_norm(dn - df) for dn, df in zip(dev_n, dev_f)]
-        out["recon_deviation"] = [_mean_norm(df) for df in dev_f]
-        recon = []
-        for i in range(1, L):
-            back = pathways.feedback_map(i, pathways.forward(i + 1, hf[i], P), prepared)
-            recon.append(_mean_norm(back - hf[i]))
-        out["recon_error"] = recon + [float("nan")]
-        if "Q" in P and P["Q"] is not None:
-            qd = []
-            for i in range(1, L):
-                pinv = torch.linalg.pinv(P["W"][i])
-                qd.append(float((P["Q"][i - 1] - pinv).norm() / pinv.norm()))
-            out["q_distance"] = qd + [float("nan")]
+        out = dict(model.learning_diagnostics(model.params, x, free.y, nudged.y))
     k = min(int(n_eig), x.shape[0])
-    if k > 0:
+    if k > 0 and all_finite(free.y[:k]):
         jac = torch.Tensor(jacobian(model, x[:k], free.y[:k]))
         block = model.layout.variable_slice(model.activity)
-        ev = torch.linalg.eigvals(jac[:, block, block])
-        out["max_real_eig"] = float(ev.real.max())
+        activity = jac[:, block, block]
+        if all_finite(activity):               # never hand non-finite matrices to LAPACK
+            out["max_real_eig"] = float(torch.linalg.eigvals(activity).real.max())
     return out

@@ -55,10 +55,11 @@ class History:
             ev[k] = ev[k].astype(np.int64)
         dg = records["diag"]
         diagnostics = {}
-        for name in LAYER_DIAGNOSTICS:
-            diagnostics[name] = np.asarray(dg[name], dtype=np.float64).reshape(-1, depth)
-        for name in SCALAR_DIAGNOSTICS:
-            diagnostics[name] = np.asarray(dg[name], dtype=np.float64).reshape(-1)
+        for name, values in dg.items():
+            if name in ("examples", "batches", "sim_time"):
+                continue
+            shape = (-1,) if name in SCALAR_DIAGNOSTICS else (-1, depth)
+            diagnostics[name] = np.asarray(values, dtype=np.float64).reshape(shape)
         return cls(**ev, diag_examples=np.asarray(dg["examples"], dtype=np.int64),
                    diag_batches=np.asarray(dg["batches"], dtype=np.int64),
                    diag_sim_time=np.asarray(dg["sim_time"], dtype=np.float64),

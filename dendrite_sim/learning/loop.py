@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from dendrite_sim.errors import check_range
-from .diagnostics import LAYER_DIAGNOSTICS, SCALAR_DIAGNOSTICS, layer_diagnostics
+from .diagnostics import layer_diagnostics
 from .files import atomic_write
 from .history import History, _empty_records, _write_json
 from .learners.dendritic import DendriticLearner
@@ -219,11 +219,12 @@ def train(learner, data, *, epochs, batch_size=32, eval_every=1, seed=0, out_dir
             idx = state["perm"][state["pos"] * batch_size:(state["pos"] + 1) * batch_size]
             diag_now = diag_steps > 0 and state["step"] % diag_steps == 0
             if diag_now:
-                values = layer_diagnostics(learner, xp, yp, n_eig=n_eig)
                 dg = records["diag"]
-                for name in LAYER_DIAGNOSTICS + SCALAR_DIAGNOSTICS:
-                    if name != "step_dW_norm":
-                        dg[name].append(values[name])
+                earlier = len(dg["examples"])
+                for name, value in layer_diagnostics(learner, xp, yp, n_eig=n_eig).items():
+                    # a diagnostic first met now is NaN at the earlier samples
+                    blank = [float("nan")] * depth if isinstance(value, list) else float("nan")
+                    dg.setdefault(name, [blank] * earlier).append(value)
                 dg["examples"].append(state["examples"])
                 dg["batches"].append(state["step"])
                 dg["sim_time"].append(state["sim_time"])

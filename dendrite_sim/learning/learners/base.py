@@ -1,5 +1,5 @@
-"""The learner protocol shared by every learning rule (module docstring of dendrite_sim.learning)."""
-
+"""The learner protocol shared by every learning rule (module docstring of
+:mod:`dendrite_sim.learning`), and the helpers its implementations share."""
 from __future__ import annotations
 
 import math
@@ -10,11 +10,13 @@ from dendrite_sim.errors import NumericalError, all_finite
 from dendrite_sim.dynamics.teaching import LOSSES, loss_value
 
 
+#: the forward parameters of a layered network ``s(W h + b)`` (the default of
+#: :attr:`Learner.forward_names`)
 FORWARD_NAMES = ("W", "b")
 
 
-def _forward_params(params) -> dict:
-    return {n: list(params[n]) for n in FORWARD_NAMES}
+def _forward_params(params, names=FORWARD_NAMES) -> dict:
+    return {n: list(params[n]) for n in names}
 
 
 def _check_loss(loss: str) -> str:
@@ -42,14 +44,10 @@ def loss_target(y: torch.Tensor, width: int, dtype) -> torch.Tensor:
 
 
 def _layer_vectors(p: dict, depth: int) -> list[torch.Tensor]:
-    """Per-layer flattened ``(W_i, b_i)``."""
-    out = []
-    for k in range(depth):
-        parts = [p["W"][k].reshape(-1)]
-        if p["b"][k] is not None:
-            parts.append(p["b"][k].reshape(-1))
-        out.append(torch.cat(parts))
-    return out
+    """Per layer, the parameters of ``p`` (``{name: [per layer]}``) at that layer, flattened
+    and concatenated (e.g. ``(W_i, b_i)``)."""
+    return [torch.cat([v[k].reshape(-1) for v in p.values() if k < len(v) and v[k] is not None])
+            for k in range(depth)]
 
 
 def _cosine(u: torch.Tensor, v: torch.Tensor) -> float:
@@ -68,17 +66,25 @@ def _check_finite_params(params: dict):
 
 
 def _difference(new: dict, old: dict) -> dict:
-    return {n: [None if a is None else (a - b) for a, b in zip(new[n], old[n])]
-            for n in FORWARD_NAMES}
+    """``new - old`` for the names of ``old``."""
+    return {n: [None if a is None else (a - b) for a, b in zip(new[n], old[n])] for n in old}
 
 
 
 class Learner:
     """Shared protocol. Subclasses implement ``predict``, ``propose``, ``commit``, ``params``,
-    ``state_dict``/``load_state_dict`` and ``config``."""
+    ``state_dict``/``load_state_dict`` and ``config``, and are registered with
+    :func:`~dendrite_sim.learning.learners.register_learner`.
 
+    ``forward_names``: the parameters whose change per layer ``step`` reports (``dW_norm``)
+    and the gradient diagnostics compare with backprop; ``model`` (where the learner has one)
+    is the network model whose forward map those parameters feed.
+    """
+
+    name = "learner"
     loss_name: str
-    pathways = None
+    model = None
+    forward_names: tuple = FORWARD_NAMES
     sizes: list
     dtype: torch.dtype
     device: torch.device
@@ -115,7 +121,7 @@ class Learner:
         An update that leaves a parameter non-finite is not applied: ``NumericalError`` (the
         learning rates are too large for this network and data).
         """
-        old = _forward_params(self.params)
+        old = _forward_params(self.params, self.forward_names)
         new, info = self.propose(x, y)
         _check_finite_params(new)
         self.commit(new)

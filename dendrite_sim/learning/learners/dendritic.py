@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dendrite_sim.errors import check_range
 from dendrite_sim.dynamics.teaching import Nudge
+from dendrite_sim.learning.presentation import MODES
 from . import register_learner
 from .base import Learner, _check_loss, _jsonable_scalar_or_list, _load_params
 
@@ -27,23 +28,19 @@ class DendriticLearner(Learner):
     fixed_point_kwargs : extra keyword arguments for the ``fixed_point`` of :meth:`predict`.
     """
 
-    MODES = ("quasi_static", "coupled")
     #: has neural dynamics: equilibria, reconstruction errors and spectra are diagnosed
     dynamic = True
 
     def __init__(self, model, schedule=None, mode="quasi_static", loss="cross_entropy",
                  eta_hat=0.1, present_kwargs=None, fixed_point_kwargs=None):
-        if mode not in self.MODES:
-            raise ValueError(f"mode must be one of {self.MODES}; got {mode!r}")
+        if mode not in MODES or mode not in model.presentation_modes:
+            raise ValueError(f"mode must be one of {list(model.presentation_modes)} for "
+                             f"{type(model).__name__}; got {mode!r}")
         self.eta_hat = check_range("eta_hat", eta_hat, low=0.0, low_open=True)
         self.loss_name = _check_loss(loss)
-        if schedule is None:
-            if not hasattr(model, "default_schedule"):
-                raise ValueError(f"schedule is required: {type(model).__name__} has no "
-                                 "default_schedule()")
-            schedule = model.default_schedule()
-        self.model, self.schedule, self.mode = model, schedule, mode
-        self.pathways = getattr(model, "pathways", None)
+        self.model, self.mode = model, mode
+        self.schedule = model.default_schedule() if schedule is None else schedule
+        self.forward_names = tuple(model.forward_params) or tuple(model.plastic_params)
         self.sizes, self.dtype, self.device = list(model.sizes), model.dtype, model.device
         self.present_kwargs = dict(present_kwargs or {})
         self.fixed_point_kwargs = dict(fixed_point_kwargs or {})
@@ -64,7 +61,8 @@ class DendriticLearner(Learner):
         return eq
 
     def predict(self, x):
-        return self.free_equilibrium(x).layers[-1]
+        """The output (``model.output``) at the free equilibrium."""
+        return self.model.output(self.free_equilibrium(x).y)
 
     def propose(self, x, y):
         from dendrite_sim.learning.presentation import present
@@ -73,7 +71,7 @@ class DendriticLearner(Learner):
                        params=self.model.params, **kwargs)
         new = {n: [None if p is None else p.detach() for p in pres.params[n]]
                for n in self.model.params}
-        converged = bool(getattr(pres, "converged", True))
+        converged = bool(pres.converged)
         self.unconverged_presentations += int(not converged)
         return new, {"sim_time": float(pres.sim_time), "nfev": int(pres.nfev),
                      "converged": converged}
@@ -96,9 +94,8 @@ class DendriticLearner(Learner):
         model = self.model
         hyper = {k: v for k, v in vars(model).items()
                  if not k.startswith("_") and _jsonable_scalar_or_list(v)}
-        if self.pathways is not None:
-            hyper.update(feedback=self.pathways.feedback, form=self.pathways.form,
-                         transfers=[repr(t) for t in self.pathways.transfers])
+        if model.layer_transfers is not None:
+            hyper.update(transfers=[repr(t) for t in model.layer_transfers])
         return {"learner": "dendritic", "model": type(model).__name__, "sizes": self.sizes,
                 "mode": self.mode, "loss": self.loss_name, "eta_hat": self.eta_hat,
                 "schedule": repr(self.schedule), "model_hyper": hyper}
