@@ -20,7 +20,6 @@ The next value starts from the example's last converged equilibrium.
 """
 from __future__ import annotations
 
-import copy
 import math
 import numbers
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ import numpy as np
 import torch
 
 from dendrite_sim.dynamics.equilibrium import fixed_point
-from dendrite_sim.errors import NumericalError, check_range
+from dendrite_sim.errors import NumericalError
 from dendrite_sim.dynamics.model import NetworkModel
 from dendrite_sim.dynamics.spectral import eigenvalues_sorted, jacobian
 
@@ -134,13 +133,6 @@ def _nan_range(x: torch.Tensor) -> str:
 
 
 # -- parameters ------------------------------------------------------------------------------
-def _with_feedback_gain(model: NetworkModel, value: float) -> NetworkModel:
-    """A copy of ``model`` whose pathways (copied) have feedback gain ``value``."""
-    pathways = copy.copy(model.pathways)
-    pathways.feedback_gain = check_range("feedback_gain", value)
-    return model.replace(pathways=pathways)
-
-
 def with_parameter(model: NetworkModel, parameter, value) -> NetworkModel:
     """``model`` with ``parameter`` (a name or a callable, see module docstring) at ``value``."""
     return _setter(model, parameter)[0](model, float(value))
@@ -153,11 +145,6 @@ def _setter(model: NetworkModel, parameter) -> tuple[Callable, str]:
     if not isinstance(parameter, str):
         raise ValueError("parameter must be a hyper-parameter name or a callable "
                          f"(model, value) -> model; got {parameter!r}")
-    if parameter == "feedback_gain":
-        if not hasattr(getattr(model, "pathways", None), "feedback_gain"):
-            raise ValueError(f"parameter {parameter!r}: {type(model).__name__} has no "
-                             "pathways with a feedback gain")
-        return _with_feedback_gain, parameter
     attr = getattr(type(model), parameter, None)
     read_only = isinstance(attr, property) and attr.fset is None
     current = getattr(model, parameter, None)

@@ -15,6 +15,8 @@ batch-averaged over the copies of the network that share synapses. Gates ``plast
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from dendrite_sim.errors import check_range
@@ -76,7 +78,14 @@ class MixingNetwork(NetworkModel):
 
     @property
     def feedback_gain(self):
+        """``c`` in ``g = c * inverse`` (a hyper-parameter ``replace`` and continuation can
+        change: setting it gives the model its own copy of the pathways)."""
         return self.pathways.feedback_gain
+
+    @feedback_gain.setter
+    def feedback_gain(self, value):
+        self.pathways = copy.copy(self.pathways)
+        self.pathways.feedback_gain = check_range("feedback_gain", value)
 
     @property
     def time_constants(self) -> dict:
