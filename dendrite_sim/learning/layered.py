@@ -203,7 +203,7 @@ class LayeredLearner(Learner):
 
     def _setup(self, model, loss, seed):
         self.sizes, self.transfers = layered_architecture(model, type(self).__name__)
-        self.model, self.pathways = model, getattr(model, "pathways", None)
+        self.model = model
         self.dtype, self.device = model.dtype, model.device
         self.loss_name = _check_loss(loss)
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
