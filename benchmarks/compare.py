@@ -34,7 +34,7 @@ from dendrite_sim.models import TwoPhaseDTP
 
 #: data set -> (loader kwargs, network, loss, epochs, batch size)
 DATASETS = {
-    "digits": (dict(), dict(sizes=[64, 64, 10], transfer="leaky_relu"), "cross_entropy", 20, 32),
+    "digits": (dict(), dict(sizes=[64, 64, 10], transfer="leaky_relu"), "cross_entropy", 40, 32),
     "mnist1d": (dict(), dict(sizes=[40, 100, 100, 10], transfer="leaky_relu"), "cross_entropy",
                 20, 32),
     "teacher_student": (dict(), dict(sizes=[6, 6, 6], transfer=["leaky_relu", "identity"]),
@@ -45,12 +45,12 @@ DATASETS = {
 
 #: learner -> options (besides loss); measured choices, docs/discrete.md
 OPTIONS = {
-    "backprop": dict(lr=0.1),
+    "backprop": dict(lr=0.3),
     "feedback_alignment": dict(lr=0.1),
     "tp_exact": dict(lr=0.05, eta_hat=0.5),
     "dtp_exact": dict(lr=0.05, eta_hat=0.5),
-    "tp_ai": dict(lr=0.2, eta_hat=0.5, lr_inv=0.01),
-    "dtp_ai": dict(lr=0.2, eta_hat=0.5, lr_inv=0.01),
+    "tp_ai": dict(lr=0.1, eta_hat=0.5, lr_inv=0.003),
+    "dtp_ai": dict(lr=0.1, eta_hat=0.5, lr_inv=0.003),
     "tp_original": dict(lr=0.2, eta_hat=0.5, lr_inv=0.01),
     "dtp_original": dict(lr=0.2, eta_hat=0.5, lr_inv=0.01),
     "dtp_lee": dict(lr=0.003, lr_inv=0.003),
