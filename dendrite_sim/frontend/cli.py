@@ -139,7 +139,7 @@ def cmd_run(args) -> int:
     cfg, origin, out = _run_config(args)
     _thread_hint(args.quiet, cfg["model"].get("device", "cpu"))
     summary = run_experiment(cfg, out, resume=args.resume, overwrite=args.overwrite,
-                             progress=not args.quiet)
+                             progress=not args.quiet, command=args.command_line)
     if args.quiet:
         for line in summary.get("warnings", []):
             _warn(line)
@@ -167,8 +167,8 @@ def _result_lines(summary: dict) -> str:
     final = learners[first]["final"]
     classify = math.isfinite(final.get("test_accuracy", float("nan")))
     figures = summary["figures"]
-    lines = [f"done in {summary['elapsed_s']:.1f} s. figures: {out / FIGURES}/ "
-             f"({', '.join(figures) or 'none'})"]
+    lines = [f"done in {summary['elapsed_s']:.1f} s. " + (
+        f"figures: {out / FIGURES}/ ({', '.join(figures)})" if figures else "no figures")]
     key, fmt, label = (("test_accuracy", _fmt_acc, "test accuracy") if classify
                        else ("test_loss", _fmt, "test loss"))
     line = f"{label}: {first} {fmt(final[key])}"
@@ -626,6 +626,7 @@ def main(argv=None) -> int:
     from dendrite_sim.errors import NumericalError
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.command_line = [PROG] + list(sys.argv[1:] if argv is None else argv)
     debug = bool(os.environ.get("DENDRITE_SIM_DEBUG"))
     try:
         return int(args.func(args) or 0)

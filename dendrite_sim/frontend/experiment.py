@@ -152,8 +152,9 @@ def _check_fresh(run: Path, overwrite: bool) -> None:
 # ================================================================================================
 # records
 # ================================================================================================
-def environment(device) -> dict:
-    """Versions and machine facts of one start of a run (a line of ``environment.jsonl``)."""
+def environment(device, command=None) -> dict:
+    """Versions and machine facts of one start of a run (a line of ``environment.jsonl``);
+    ``command`` (default ``sys.argv``) is the command line that started it."""
     import numpy
     import torch
     from importlib.metadata import PackageNotFoundError, version
@@ -183,8 +184,7 @@ def environment(device) -> dict:
         "cpu_count": os.cpu_count(),
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
         "pid": os.getpid(),
-        "command": ["dendrite-sim"] + sys.argv[1:] if "dendrite" in Path(sys.argv[0]).name
-        else list(sys.argv),
+        "command": list(sys.argv) if command is None else list(command),
         "cwd": os.getcwd(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -193,9 +193,9 @@ def environment(device) -> dict:
     return info
 
 
-def _append_environment(run: Path, device, action: str) -> None:
+def _append_environment(run: Path, device, action: str, command) -> None:
     """Append one JSON line (this start: ``action`` = new, resume or overwrite)."""
-    line = json.dumps({"action": action, **environment(device)}) + "\n"
+    line = json.dumps({"action": action, **environment(device, command)}) + "\n"
     with open(run / ENVIRONMENT, "a", encoding="utf-8") as handle:
         handle.write(line)
         handle.flush()
@@ -317,7 +317,7 @@ def _learner_summary(sub: Path, hist, run: Path) -> dict:
 
 
 def run_experiment(config, out_dir=None, *, resume=False, overwrite=False,
-                   progress=False) -> dict:
+                   progress=False, command=None) -> dict:
     """Train the configured learner and its baselines, write the run directory, and return
     the run's summary (also written to ``experiment.json``).
 
@@ -335,6 +335,7 @@ def run_experiment(config, out_dir=None, *, resume=False, overwrite=False,
     overwrite : replace a run already in ``out_dir``.
     progress : progress lines on stdout, progress bars and warnings on stderr. Off: the call
         prints nothing (warnings are in ``summary["warnings"]``).
+    command : the command line recorded in ``environment.jsonl`` (default ``sys.argv``).
 
     Returns
     -------
@@ -358,11 +359,11 @@ def run_experiment(config, out_dir=None, *, resume=False, overwrite=False,
                 return record
         else:
             _check_fresh(run, overwrite)
-        return _train_all(run, cfg, origin, resume, overwrite, reporter)
+        return _train_all(run, cfg, origin, resume, overwrite, reporter, command)
 
 
 def _train_all(run: Path, cfg: dict, origin: str, resume: bool, overwrite: bool,
-               reporter: _Reporter) -> dict:
+               reporter: _Reporter, command) -> dict:
     from dendrite_sim.frontend.figures import make_figures
     from dendrite_sim.learning import train
     start = time.perf_counter()
@@ -370,7 +371,7 @@ def _train_all(run: Path, cfg: dict, origin: str, resume: bool, overwrite: bool,
     model, schedule, learners, skipped = _learners(cfg, data, reporter)
     _write_config(run, cfg, origin)
     _append_environment(run, model.device, "resume" if resume else
-                        "overwrite" if overwrite else "new")
+                        "overwrite" if overwrite else "new", command)
     tr = cfg["training"]
     common = dict(epochs=tr["epochs"], batch_size=tr["batch_size"], eval_every=tr["eval_every"],
                   seed=tr["seed"], max_eval=tr.get("max_eval"),
