@@ -310,6 +310,15 @@ class CDTP(NetworkModel):
         ``gamma = 1``)."""
         return self.layout.unpack(y)["a"][-1]
 
+    def exact_inverse(self, l: int, y: torch.Tensor, params=None) -> torch.Tensor:
+        """``f_l^{-1}(y) = sigma^{-1}(W_l^{-1} y)``: needs ``n_l = n_{l-1}`` (B20 §2) and an
+        invertible ``sigma``."""
+        W = (params or self.params)["W"][l - 1]
+        if W.shape[0] != W.shape[1]:
+            raise ValueError(f"an exact inverse of layer {l} needs equal sizes n_{l} = "
+                             f"n_{l - 1}; got {W.shape[0]} and {W.shape[1]}")
+        return self.sigma.inverse(torch.linalg.solve(W, y.T).T)
+
     # -- analysis -------------------------------------------------------------------------
     def inversion_map(self, l: int, u, a_below, tau, gamma, params=None):
         """The discrete decoder-input correction of eq. 48 at gate ``gamma < 1``:
