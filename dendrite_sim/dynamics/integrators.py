@@ -30,8 +30,10 @@ __all__ = ["Integrator", "Backend", "METHODS", "FIXED_STEP", "register_method",
            "DEFAULT_MAX_STEPS", "LEAN_OPTIONS"]
 
 #: steps (accepted and rejected) per segment between breakpoints before ``NumericalError``:
-#: a clamped digits presentation to 40 tau at rtol 1e-6 takes about 40 steps
-DEFAULT_MAX_STEPS = 20_000
+#: a clamped 5-layer presentation to 40 tau at rtol 1e-6 takes about 35 steps, a coupled
+#: digits phase at heun3's 1.25 tau about 30; at ~1 ms a step (a small network) the budget
+#: is spent in seconds, not hours (docs/integration.md)
+DEFAULT_MAX_STEPS = 10_000
 #: options the lean methods accept (``max_num_steps`` is torchdiffeq's name of ``max_steps``)
 LEAN_OPTIONS = ("norm", "first_step", "max_num_steps", "safety", "ifactor", "dfactor",
                 "step_size")

@@ -115,14 +115,15 @@ _TSIT5_B = (0.09646076681806523, 0.01, 0.4798896504144996, 1.379008574103742,
 _BOSH3_B = (2 / 9, 1 / 3, 4 / 9, 0.0)
 
 TABLEAUX = {t.name: t for t in (
-    # Dormand & Prince (1980), 5(4), FSAL; dense output with Shampine's midpoint
+    # Dormand & Prince (1980), 5(4), FSAL, with Shampine's embedded 4th-order weights (those
+    # of torchdiffeq's dopri5) and dense output through his midpoint value
     Tableau("dopri5", a=((), (1 / 5,), (3 / 40, 9 / 40), (44 / 45, -56 / 15, 32 / 9),
                          (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
                          (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656),
                          _DOPRI5_B[:6]),
             b=_DOPRI5_B, c=(0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0), order=5,
-            b_err=_embedded(_DOPRI5_B, (5179 / 57600, 0.0, 7571 / 16695, 393 / 640,
-                                        -92097 / 339200, 187 / 2100, 1 / 40)),
+            b_err=_embedded(_DOPRI5_B, (1951 / 21600, 0.0, 22642 / 50085, 451 / 720,
+                                        -12231 / 42400, 649 / 6300, 1 / 60)),
             fsal=True, dense=_quartic_dense(_DOPRI5_B, _DOPRI5_C_MID)),
     # Tsitouras (2011), 5(4), FSAL, its own order-4 continuous extension
     Tableau("tsit5", a=((), (0.161,), (-0.008480655492356989, 0.335480655492357),
@@ -257,7 +258,7 @@ class Solution:
 # one step size for the batch
 # ----------------------------------------------------------------------------------------------
 def solve(func, y0: torch.Tensor, t, tableau: Tableau, *, rtol=1e-6, atol=1e-8, norm=None,
-          step_size=None, max_steps=20_000, first_step=None, safety=0.9, ifactor=10.0,
+          step_size=None, max_steps=10_000, first_step=None, safety=0.9, ifactor=10.0,
           dfactor=0.2) -> Solution:
     """Integrate ``dy/dt = func(t, y)`` from ``y0`` at ``t[0]``, reporting at the times ``t``.
 
@@ -315,7 +316,7 @@ def _solve_adaptive(func, y0, times, stages, rtol, atol, norm, max_steps, first_
         h, nfev = _initial_step(func, t, y, f, tab.order, rtol, atol, norm), nfev + 1
     else:
         h = float(first_step)
-    ys, nxt, steps, rejected = [y0], 1, 0, 0
+    ys, nxt, steps, rejected, ratio = [y0], 1, 0, 0, 0.0
     while nxt < len(times):
         if steps >= max_steps:
             raise _budget_error(t, times[0], t_end, max_steps)
@@ -323,7 +324,9 @@ def _solve_adaptive(func, y0, times, stages, rtol, atol, norm, max_steps, first_
         h_try = t_end - t if last else h
         if not t + h_try > t:
             raise NumericalError(f"integration failed at t = {t:.6g}: the step size "
-                                 f"underflowed ({h_try:.3g}; a non-finite or exploding state)")
+                                 f"underflowed ({h_try:.3g}; "
+                                 + ("NaN/inf in the steps)" if not math.isfinite(ratio)
+                                    else "an exploding state)"))
         y1, K, used = stages.step(func, t, y, f, h_try)
         nfev, steps = nfev + used, steps + 1
         with torch.no_grad():
@@ -339,8 +342,8 @@ def _solve_adaptive(func, y0, times, stages, rtol, atol, norm, max_steps, first_
                 ys.append(y1)
                 nxt += 1
             t, y, f = t1, y1, K[-1]
-        else:
-            rejected += 1
+        else:             # f(t, y) is still K[0]; K[-1] was overwritten
+            rejected, f = rejected + 1, K[0]
         h = (_next_step(h_try, ratio, tab.order, accepted, *control) if math.isfinite(ratio)
              else h_try * control[2])
     return Solution(torch.stack(ys), nfev, steps - rejected, rejected)
@@ -350,7 +353,7 @@ def _solve_adaptive(func, y0, times, stages, rtol, atol, norm, max_steps, first_
 # a step size per example
 # ----------------------------------------------------------------------------------------------
 def solve_per_example(field_for, y0: torch.Tensor, t, tableau: Tableau, *, rtol=1e-6,
-                      atol=1e-8, max_steps=20_000, settle_tol=None, safety=0.9, ifactor=10.0,
+                      atol=1e-8, max_steps=10_000, settle_tol=None, safety=0.9, ifactor=10.0,
                       dfactor=0.2) -> Solution:
     """Integrate a batch ``(B, N)`` with a step size and a time per example.
 
