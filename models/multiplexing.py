@@ -208,8 +208,9 @@ class Multiplexing(NetworkModel):
         teach = drive.gate("teach", t)
         if isinstance(teach, (int, float)) and teach == 0:
             return h_L
+        target = drive.teaching.output_target(h_L, teach)
         low, high = self.transfers[-1].inverse_domain
-        return drive.teaching.output_target(h_L, teach).clamp(low, high)
+        return target if low is None and high is None else target.clamp(low, high)
 
     def _signals(self, t, parts, drive):
         """``(h, p, h_in, p_in)``: event rates ``[x, h_1..h_L]``, burst probabilities
