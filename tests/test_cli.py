@@ -242,7 +242,7 @@ def test_error_from_the_console_entry_point_has_no_traceback():
     assert_one_line_error(result.stderr, "no_such_model")
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["simulate"], ["analyze"], ["compare"],
+@pytest.mark.parametrize("command", [[], ["run"], ["sweep"], ["simulate"], ["analyze"], ["compare"],
                                      ["plot"], ["config"], ["models"]])
 def test_help_on_every_subcommand(command, capsys):
     with pytest.raises(SystemExit) as exit_:

@@ -2,7 +2,6 @@
 that are safe in parallel: unique names, atomic creation, resume from anywhere, records
 appended, one-line errors, compare over mixed folders."""
 import json
-import os
 import shutil
 import threading
 import time
@@ -10,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from dendrite_sim import run_experiment
 from dendrite_sim.cli import main
