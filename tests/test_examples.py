@@ -13,6 +13,7 @@ EXAMPLES = {
     "equilibrium_spectrum.py": "equilibrium_spectrum.png",
     "stability_sweep.py": "stability_sweep.png",
     "learning_signals.py": "learning_signals.png",
+    "multiplexing.py": "multiplexing.png",
 }
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
