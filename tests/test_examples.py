@@ -14,6 +14,10 @@ EXAMPLES = {
     "stability_sweep.py": "stability_sweep.png",
     "learning_signals.py": "learning_signals.png",
     "multiplexing.py": "multiplexing.png",
+    "thesis_toy.py": "thesis_toy.png",
+    "thesis_inverse_learning.py": "thesis_inverse_learning.png",
+    "thesis_teacher_student_exact.py": "thesis_teacher_student_exact.png",
+    "thesis_teacher_student_approx.py": "thesis_teacher_student_approx.png",
 }
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
