@@ -19,7 +19,7 @@ marks the feed-forward phase, "gamma = 1")::
                   = tau_l - u_l        while gamma_l >= gamma_ff (explicit reset)
     T_tau dtau_{l-1}/dt = m_{l-1} - tau_{l-1}                                   (49)
     T_tau dtau_L/dt     = a_L - teach (1 - gamma_L) beta dLoss/da_L - tau_L  (output target)
-    T_s ds_l/dt   = (1 - ff_l) (r_l - s_l),  r_l = (||tau_L - a_L||^2 + eps)
+    T_s ds_l/dt   = (1 - ff_l) r_l + ff_l - s_l,  r_l = (||tau_L - a_L||^2 + eps)
                                                 / (||tau_l - a_l||^2 + eps)      (Alg. 1, eq. 43)
 
 The output target of the feedback phase is not given by B20; ``tau_L = a_L - (1 - gamma)
@@ -38,13 +38,16 @@ Eq. 50 as printed gates on ``[alpha < 1]`` and pairs ``Delta tau_{l-1}`` with ``
 layer-``l`` target with the gate ``gamma < 1`` is meant (B20 eq. 43, Prop. 5). The layer
 factor follows Alg. 1 (eq. 53 applies that of the wrong layer). It is 0/0 on the plateau
 and large while the lower targets have not moved yet, so it is not applied to ``dtau`` as
-it comes: ``s_l`` tracks its eps-regularised value during the feedback phase and holds it
-otherwise, and the rule integrates the change of the product ``s_l (tau_l - a_l)``, which
+it comes: ``s_l`` tracks its eps-regularised value during the feedback phase (it rests at 1
+on the plateau, where the rule is closed), and the rule integrates the change of the product ``s_l (tau_l - a_l)``, which
 telescopes (B20 Prop. 5): over one feedback window that starts with ``tau_l = a_l``::
 
     Delta W_l = eta s_l(T) (tau_l(T) - a_l) n_{l-1}^T,
 
-the DTP update (eq. 43) with the factor held at the end of the relaxation ``T``.
+the DTP update (eq. 43) with the factor the relaxation ends with, ``s_l(T)`` (the large
+transient values of ``s_l`` cancel in the integral; with small ``eps`` they can still move the
+weights a lot within the window (and so the activities), so the default is DTP1,
+``layer_factor = False``; docs/cdtp.md).
 
 The trap of a smooth symmetric gate: ``tau_l -> a_l`` again as ``gamma`` rises back to 1
 while ``gamma < gamma_ff``, so the window ends with ``tau_l(T) ~ a_l`` and the weight change
@@ -105,7 +108,8 @@ class CDTP(NetworkModel):
 
     def __init__(self, sizes=(64, 64, 10), sigma="tanh", slope=0.1, tau_h=1.0, tau_a=1.0,
                  tau_u=1.0, tau_target=1.0, tau_factor=1.0, gamma_ff=0.999, eta=1.0,
-                 eta_omega=0.0, decoder="difference", feedback_rule="delta2", layer_factor=True, factor_eps=1e-4,
+                 eta_omega=0.0, decoder="difference", feedback_rule="delta2",
+                 layer_factor=False, factor_eps=1e-4,
                  waveform="plateau", period=30.0, duty=0.3, gamma_min=0.0, fall=0.1,
                  wave_delay=0.0, init_gain=1.0, seed=0, dtype=torch.float32, device="cpu"):
         sizes = [int(n) for n in sizes]
@@ -234,7 +238,8 @@ class CDTP(NetworkModel):
         dtau = [(m[l] - tau[l - 1]) / self.tau_target for l in range(1, L)]
         dtau.append((top - tau[-1]) / self.tau_target)
         e = [tk - ak for tk, ak in zip(tau, a)]
-        ds = [(1.0 - ff[k]) * (self.factor(e, k) - s[k]) / self.tau_factor for k in range(L)]
+        ds = [((1.0 - ff[k]) * self.factor(e, k) + ff[k] - s[k]) / self.tau_factor
+              for k in range(L)]
         dy = self._pack({"h": dh, "a": da, "u": du, "tau": dtau, "s": ds})
         if not plasticity:
             return dy, None

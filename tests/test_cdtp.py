@@ -63,7 +63,7 @@ def test_p1_p2_targets_are_exact_inverses_at_convergence(gamma):
 
 
 def test_p5_weight_change_is_held_factor_times_target_change():
-    model = square_net(eta=0.5)
+    model = square_net(eta=0.5, layer_factor=True)
     x, y = batch()
     sch = model.default_schedule(plastic_omega=False)
     teach = Nudge(y, "cross_entropy", 0.3)
