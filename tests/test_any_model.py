@@ -145,3 +145,29 @@ def test_engine_reads_models_only_through_the_contract():
             if attr not in CONTRACT and not attr.startswith("__"):
                 offenders.append(f"{path.relative_to(ENGINE)}:{line} .{attr}")
     assert not offenders, offenders
+
+
+def test_every_cli_command_runs_the_model(tmp_path, monkeypatch, capsys):
+    """``run`` (with the backprop baseline), ``simulate``, ``analyze`` with a sweep, ``plot`` and
+    ``compare`` on a model registered from outside the package's models folder."""
+    from dendrite_sim.frontend import config
+    from dendrite_sim.frontend.cli import main
+    monkeypatch.setitem(config.model_registry(), "two_compartment", TwoCompartment)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tc.toml").write_text(
+        '[model]\nname = "two_compartment"\nsizes = [64, 6, 10]\n'
+        '[data]\nname = "digits"\nmax_train = 64\nmax_test = 32\n'
+        '[training]\nepochs = 1\nbatch_size = 32\nloss = "mse"\neta_hat = 0.5\n'
+        'backprop_lr = 0.5\n[output]\nexamples = 2\npoints = 50\n')
+    commands = [["run", "tc.toml", "--quiet", "--out", "run"],
+                ["simulate", "run", "--out", "sim"],
+                ["analyze", "run", "--out", "an", "--sweep", "tau_r", "--values", "1:3:3"],
+                ["plot", "run"], ["compare", "run", "sim"]]
+    for argv in commands:
+        assert main(argv) == 0, argv
+    out = capsys.readouterr().out
+    assert "dendritic" in out and "backprop" in out
+    assert "max real part: from -1 to -0.333333" in out            # -1/tau_r along the sweep
+    for figure in ("run/figures/learning_curves_vs_backprop.png", "run/figures/spectrum.png",
+                   "sim/activity.png", "an/continuation_tau_r.png"):
+        assert (tmp_path / figure).stat().st_size > 1000, figure
