@@ -131,8 +131,6 @@ def _model_reads(tree):
                 yield attr.value, node.lineno
 
 
-@pytest.mark.xfail(strict=True, reason="known violation: learners/bengio_dtp.py reads CDTP's "
-                   "f, sigma and forward_pass; move them into the contract, then drop this mark")
 def test_engine_reads_models_only_through_the_contract():
     """Outside the model files and the family bases (which are models), the engine reads no
     model attribute that ``NetworkModel`` does not declare."""

@@ -29,6 +29,7 @@ from __future__ import annotations
 import torch
 
 from dendrite_sim.dynamics.teaching import loss_gradient
+from dendrite_sim.dynamics.transfer import make_transfer
 from dendrite_sim.errors import NumericalError, check_range
 from . import register_learner
 from .base import Learner, _check_batch, _check_loss, _load_params
@@ -88,7 +89,11 @@ class BengioDTP(Learner):
 
     Parameters
     ----------
-    model : a ``CDTP`` model (its ``f``, ``g`` and ``sigma``).
+    model : a network whose parameters are B20's ``W`` and ``Omega`` (e.g. ``CDTP``): the
+        learner copies them and computes ``f_l(v) = W_l sigma(v)``, ``g_l(y) = Omega_l
+        sigma(y)`` itself (eq. 54).
+    transfer, slope : ``sigma`` (:func:`~dendrite_sim.dynamics.transfer.make_transfer`); the
+        model's own (``CDTP``'s default: tanh).
     lr : forward step, >= 0 (1: each example's update is the full DTP step).
     beta : output target step ``tau_L = h_L - beta dLoss/dh_L``, > 0.
     inversion : ``"none"``, ``"input"`` (§5) or ``"output"`` (§6.2).
@@ -105,10 +110,12 @@ class BengioDTP(Learner):
 
     def __init__(self, model, lr=0.5, beta=0.5, inversion="output", iterations=5,
                  normalise=True, factor_eps=1e-8, difference=True, lr_omega=0.0,
-                 loss="cross_entropy"):
-        if not all(hasattr(model, name) for name in ("f", "g", "sigma")):
-            raise ValueError(f"model must be a CDTP network (f, g, sigma); got "
-                             f"{type(model).__name__}")
+                 loss="cross_entropy", transfer="tanh", slope=0.1):
+        if not {"W", "Omega"} <= set(model.params):
+            raise ValueError(f"model must have B20's parameters W and Omega (f = W sigma(h), "
+                             f"g = Omega sigma(y)); {type(model).__name__} has "
+                             f"{sorted(model.params)}")
+        self.sigma = make_transfer(transfer, slope)
         if inversion not in INVERSIONS:
             raise ValueError(f"inversion must be one of {INVERSIONS}; got {inversion!r}")
         if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
@@ -135,14 +142,24 @@ class BengioDTP(Learner):
 
     def predict(self, x):
         with torch.no_grad():
-            return self.model.forward(self._params, x)
+            return self._forward_pass(x)[-1]
 
-    # -- targets ----------------------------------------------------------------------------
+    # -- the network, eq. 54 ------------------------------------------------------------------
     def _f(self, l, v):
-        return self.model.f(l, v, self._params)
+        """``f_l(v) = W_l sigma(v)``."""
+        return self.sigma(v) @ self._params["W"][l - 1].T
 
     def _g(self, l, y):
-        return self.model.g(l, y, self._params)
+        """``g_l(y) = Omega_l sigma(y)`` (layer ``l`` to ``l-1``)."""
+        return self.sigma(y) @ self._params["Omega"][l - 1].T
+
+    def _forward_pass(self, x):
+        """``[h_1, ..., h_L]``, ``h_l = f_l(h_{l-1})``."""
+        out, h = [], x
+        for l in range(1, self.depth + 1):
+            h = self._f(l, h)
+            out.append(h)
+        return out
 
     def _decode(self, l, y, h):
         """``g_l(y)``, or with ``difference`` ``h_{l-1} + g_l(y) - g_l(h_l)`` (eq. 33)."""
@@ -177,18 +194,18 @@ class BengioDTP(Learner):
         _check_batch(x, self.sizes[0])
         target = self._target(y)
         with torch.no_grad():
-            h = [x] + self.model.forward_pass(x, self._params)
+            h = [x] + self._forward_pass(x)
             tau, last = self.targets(h, target)
             new = {"W": [], "Omega": list(self._params["Omega"])}
             for l in range(1, self.depth + 1):
-                delta = dtp1_update(self.model.sigma(h[l - 1]), tau[l], h[l])
+                delta = dtp1_update(self.sigma(h[l - 1]), tau[l], h[l])
                 if self.normalise:
                     delta = delta * layer_factor(tau[-1], h[-1], tau[l], h[l],
                                                  self.factor_eps)[:, None, None]
                 new["W"].append(self._params["W"][l - 1] + self.lr * delta.mean(0))
             for l in range(2, self.depth + 1):         # Alg. 1's decoder step
                 if self.lr_omega > 0:
-                    s = self.model.sigma(h[l])
+                    s = self.sigma(h[l])
                     step = (h[l - 1] - self._g(l, h[l]))[:, :, None] * \
                         (s / s.pow(2).sum(-1, keepdim=True))[:, None, :]
                     new["Omega"][l - 1] = self._params["Omega"][l - 1] + \
