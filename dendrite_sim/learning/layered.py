@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import torch
 
-from dendrite_sim.dynamics.teaching import loss_gradient
+from dendrite_sim.dynamics.teaching import _check_loss, loss_gradient
 from dendrite_sim.errors import NumericalError, check_range
-from dendrite_sim.learning.learners.base import (Learner, _check_batch, _check_loss,
-                                                 _load_params)
+from dendrite_sim.learning.learners.base import Learner, _check_batch, _load_params
 
 __all__ = ["layered_architecture", "LayeredLearner", "layer_forward", "output_target",
            "exact_inverse_target", "robust_inverse_update", "gauss_newton_targets",

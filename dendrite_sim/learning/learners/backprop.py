@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from dendrite_sim.dynamics.teaching import _check_loss, loss_value
 from dendrite_sim.errors import check_range
-from dendrite_sim.dynamics.teaching import loss_value
 from . import register_learner
-from .base import Learner, _check_batch, _check_loss, _load_params
+from .base import Learner, _check_batch, _load_params
 
 
 def forward_layers(model, params, x) -> list[torch.Tensor]:

@@ -7,7 +7,7 @@ import math
 import torch
 
 from dendrite_sim.errors import NumericalError, all_finite
-from dendrite_sim.dynamics.teaching import LOSSES, loss_value
+from dendrite_sim.dynamics.teaching import loss_value
 
 
 #: the forward parameters of a layered network ``s(W h + b)`` (the default of
@@ -17,12 +17,6 @@ FORWARD_NAMES = ("W", "b")
 
 def _forward_params(params, names=FORWARD_NAMES) -> dict:
     return {n: list(params[n]) for n in names}
-
-
-def _check_loss(loss: str) -> str:
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {LOSSES}; got {loss!r}")
-    return loss
 
 
 def loss_target(y: torch.Tensor, width: int, dtype) -> torch.Tensor:
@@ -40,7 +34,6 @@ def loss_target(y: torch.Tensor, width: int, dtype) -> torch.Tensor:
         raise ValueError(f"y must be (B,) integer labels or a (B, {width}) tensor; got shape "
                          f"{tuple(y.shape)}")
     return y.to(dtype)
-
 
 
 def _layer_vectors(p: dict, depth: int) -> list[torch.Tensor]:
@@ -68,7 +61,6 @@ def _check_finite_params(params: dict):
 def _difference(new: dict, old: dict) -> dict:
     """``new - old`` for the names of ``old``."""
     return {n: [None if a is None else (a - b) for a, b in zip(new[n], old[n])] for n in old}
-
 
 
 class Learner:
@@ -139,7 +131,6 @@ class Learner:
 
     def commit(self, new):
         raise NotImplementedError
-
 
 
 def _jsonable_scalar_or_list(v) -> bool:

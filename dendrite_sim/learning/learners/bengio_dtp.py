@@ -28,11 +28,11 @@ from __future__ import annotations
 
 import torch
 
-from dendrite_sim.dynamics.teaching import loss_gradient
+from dendrite_sim.dynamics.teaching import _check_loss, loss_gradient
 from dendrite_sim.dynamics.transfer import make_transfer
 from dendrite_sim.errors import NumericalError, check_range
 from . import register_learner
-from .base import Learner, _check_batch, _check_loss, _load_params
+from .base import Learner, _check_batch, _load_params
 
 __all__ = ["input_correction", "output_correction", "dtp1_update", "layer_factor",
            "BengioDTP", "AlgorithmOne", "INVERSIONS"]

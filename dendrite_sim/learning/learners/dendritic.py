@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from dendrite_sim.dynamics.teaching import Nudge, _check_loss
 from dendrite_sim.errors import check_range
-from dendrite_sim.dynamics.teaching import Nudge
 from dendrite_sim.learning.presentation import MODES
 from . import register_learner
-from .base import Learner, _check_loss, _jsonable_scalar_or_list, _load_params
+from .base import Learner, _jsonable_scalar_or_list, _load_params
 
 
 @register_learner("dendritic")
