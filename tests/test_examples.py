@@ -14,6 +14,7 @@ EXAMPLES = {
     "stability_sweep.py": "stability_sweep.png",
     "learning_signals.py": "learning_signals.png",
     "multiplexing.py": "multiplexing.png",
+    "cdtp.py": "cdtp.png",
     "thesis_toy.py": "thesis_toy.png",
     "thesis_inverse_learning.py": "thesis_inverse_learning.png",
     "thesis_teacher_student_exact.py": "thesis_teacher_student_exact.png",
