@@ -1,5 +1,5 @@
 """dendrite_sim — continuous-time networks of pyramidal neurons with segregated dendrites
-that learn by target propagation (SPEC.md).
+that learn by target propagation (thesis Ch. 6; docs/design.md).
 
 The public surface is a few verbs over model objects::
 

@@ -1,4 +1,4 @@
-"""Mixture model (single phase) — SPEC §2.1, thesis §6.3–6.5.
+"""Mixture model (single phase) — thesis §6.3–6.5.
 
 Somatic rate is a convex mix of basal (forward) and apical (feedback) drive::
 

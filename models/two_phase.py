@@ -1,10 +1,10 @@
-"""Two-phase difference-target-propagation network — SPEC §2.2, thesis §6.6.
+"""Two-phase difference-target-propagation network — thesis §6.6.
 
 Neural dynamics: the mixture ODE (6.1) for the somatic rates, plus a slow trace ``z_i`` per
 layer that remembers the free-phase equilibrium into the learning phase::
 
     tau dh_i/dt = -h_i + (1-mu) f_i(h_{i-1}) + mu g_i(h_{i+1}),   i = 1..L              (6.1)
-    T_z dz_i/dt = trace(t) (h_i - z_i)                                     (trace, SPEC §2.2)
+    T_z dz_i/dt = trace(t) (h_i - z_i)                                     (trace; docs/derivations.md §1)
 
 with ``g_L = h_L^trgt``: ``h_L`` while ``teach(t) = 0`` (free phase, output short-circuited,
 (6.29)) and the nudged target ``h_L - eta_hat dLoss/dh_L`` while ``teach(t) = 1`` (learning
@@ -19,8 +19,8 @@ Plasticity, gated by phase (batch-averaged over the copies of the network sharin
     dQ_i/dt = -plastic_Q(t) eta_inv [ (g_i(h_{i+1}) - h_i) t_i(h_{i+1})^T + lambda Q_i ]  (6.37)
 
 ``D^l_{s_i} = diag(s_i'(W_i h_{i-1} + b_i))`` at the current (learning-phase) activity. The
-printed (6.35) has ``h^f_{i-1}``; the layer-``i`` free value ``z_i = h^f_i`` is meant (SPEC
-§2.2 [fix]). (6.37) prints ``eta_i lambda Q_i``; the SPEC's ``eta_inv lambda Q_i`` is used.
+printed (6.35) has ``h^f_{i-1}``; the layer-``i`` free value ``z_i = h^f_i`` is meant
+(docs/derivations.md §1). (6.37) prints ``eta_i lambda Q_i``; ``eta_inv lambda Q_i`` is used.
 The intended gating is :meth:`TwoPhaseDTP.default_schedule` (``Schedule.two_phase``): ``Q``
 learns in the free phase, ``W`` in the learning phase; to first order in ``mu`` the
 reconstruction errors of (6.31) and (6.33) cancel in ``z_i - h^l_i``, leaving (6.36)::

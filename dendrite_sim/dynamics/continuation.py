@@ -1,4 +1,4 @@
-"""Tracking an equilibrium and its spectrum while a parameter varies (SPEC §3).
+"""Tracking an equilibrium and its spectrum while a parameter varies.
 
 :func:`continuation` sweeps one parameter over given values. At each value it solves the
 equilibrium with :func:`~dendrite_sim.fixed_point`, warm-started from the previous value's

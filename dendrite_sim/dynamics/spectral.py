@@ -3,7 +3,7 @@
 The Jacobian is taken of ``dy/dt`` (the model's field, time constants included) with the
 parameters, input and teaching signal fixed; ``N`` counts the neural state only. Since example
 ``b`` of a batch depends on ``y_b`` alone, the batched Jacobian is obtained in one vectorised
-reverse pass of ``sum_b F_b(y)``: ``d(sum_b F_b[k])/dy_b[j] = J_b[k, j]`` (SPEC §3).
+reverse pass of ``sum_b F_b(y)``: ``d(sum_b F_b[k])/dy_b[j] = J_b[k, j]``.
 """
 from __future__ import annotations
 

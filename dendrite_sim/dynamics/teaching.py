@@ -1,4 +1,4 @@
-"""Teaching signals for the output layer: ``g_L = h_L^trgt`` (SPEC §1, thesis 6.3 and 6.10).
+"""Teaching signals for the output layer: ``g_L = h_L^trgt`` (thesis 6.3 and 6.10).
 
 * :class:`Free` — short-circuit, ``h_L^trgt = h_L`` (no teaching);
 * :class:`Clamp` — ``h_L^trgt = y`` fixed;

@@ -1,4 +1,4 @@
-"""Pointwise transfer functions with their inverses and derivatives (SPEC §1).
+"""Pointwise transfer functions with their inverses and derivatives.
 
 A transfer function ``s`` is used in the forward (basal) map ``f_i(h) = s_i(W_i h + b_i)`` and,
 through its inverse, in the feedback map ``g_i(y) = Q_i s_{i+1}^{-1}(y)`` (thesis 6.4, 6.23).

@@ -1,4 +1,4 @@
-"""Base of the models whose somata mix basal and apical drive (SPEC §2.1–2.2, thesis 6.1)::
+"""Base of the models whose somata mix basal and apical drive (thesis §6.3–6.6, eq. 6.1)::
 
     tau dh_i/dt = -h_i + (1-mu) f_i(h_{i-1}) + mu g_i(h_{i+1}),   i = 1..L,  0 < mu < 0.5
 

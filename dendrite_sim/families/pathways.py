@@ -1,4 +1,4 @@
-"""Basal (forward) and apical (feedback) pathways of a layered network (SPEC §1).
+"""Basal (forward) and apical (feedback) pathways of a layered network (thesis 6.2, 6.4, 6.23, 3.9).
 
 Shared by the models whose somata mix a forward prediction ``f_i(h_{i-1})`` with a feedback
 ``g_i(h_{i+1})`` (mixture model, two-phase DTP). Layers are numbered as in the thesis:

@@ -28,7 +28,7 @@ output units, averaged over the batch: ``cross_entropy`` (labels become one-hot)
   same initial ``W, b`` (copied), the output ``f_L(...f_1(x))`` of the forward pass, trained by
   plain SGD on the same batch-mean loss with autograd.
 
-Diagnostics (SPEC §4)
+Diagnostics (docs/design.md)
 ---------------------
 Every ``diagnostics_every`` batches :func:`train` takes a *trial* update of the learner on a
 fixed probe batch of training examples (the update the learner would make from its current

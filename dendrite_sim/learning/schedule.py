@@ -1,4 +1,4 @@
-"""Presentation schedules: piecewise-constant phase gates for one example (SPEC §2.1, §2.2).
+"""Presentation schedules: piecewise-constant phase gates for one example (thesis §6.4–6.6).
 
 A :class:`Schedule` is an ordered list of :class:`Phase` objects, played back to back from
 ``t = 0``. Each phase holds its gates constant:
