@@ -31,7 +31,7 @@ import torch
 from dendrite_sim.dynamics.equilibrium import fixed_point
 from dendrite_sim.errors import NumericalError
 from dendrite_sim.dynamics.model import NetworkModel
-from dendrite_sim.dynamics.spectral import eigenvalues_sorted, jacobian
+from dendrite_sim.dynamics.spectral import eigenvalues_sorted, jacobian_matrix
 
 __all__ = ["Continuation", "continuation", "with_parameter"]
 
@@ -141,7 +141,7 @@ def with_parameter(model: NetworkModel, parameter, value) -> NetworkModel:
 def _setter(model: NetworkModel, parameter) -> tuple[Callable, str]:
     """``(apply(model, value) -> model, display name)`` for a parameter spec."""
     if callable(parameter):
-        return parameter, getattr(parameter, "__name__", "parameter")
+        return _checked(parameter), getattr(parameter, "__name__", "parameter")
     if not isinstance(parameter, str):
         raise ValueError("parameter must be a hyper-parameter name or a callable "
                          f"(model, value) -> model; got {parameter!r}")
@@ -152,6 +152,23 @@ def _setter(model: NetworkModel, parameter) -> tuple[Callable, str]:
         raise ValueError(f"parameter {parameter!r} is not a scalar hyper-parameter of "
                          f"{type(model).__name__} that replace() can change")
     return (lambda m, value: m.replace(**{parameter: value})), parameter
+
+
+def _checked(setter: Callable) -> Callable:
+    """``setter`` whose result must be a model of the same layout (``TypeError`` /
+    ``ValueError`` naming what it returned)."""
+    def apply(model, value):
+        swept = setter(model, value)
+        if not isinstance(swept, NetworkModel):
+            raise TypeError("parameter, a callable (model, value) -> model, must return a "
+                            f"model; it returned {type(swept).__name__} at value {value!r}")
+        if swept.layout.size != model.layout.size or swept.sizes != model.sizes or \
+                swept.dtype != model.dtype:
+            raise ValueError("parameter, a callable (model, value) -> model, must keep the "
+                             "model's sizes, state layout and dtype; at value "
+                             f"{value!r} it returned sizes {swept.sizes}, dtype {swept.dtype}")
+        return swept
+    return apply
 
 
 def _check_values(values) -> np.ndarray:
@@ -176,7 +193,7 @@ def _spectrum_at(model, x, y, target, params, gates, fallback):
     """Eigenvalues (B, N) at ``y``; NaN rows where ``y`` or the Jacobian is not finite."""
     finite = torch.isfinite(y).all(-1)
     safe = torch.where(finite[:, None], y, fallback)
-    jac = torch.Tensor(jacobian(model, x, safe, target, params=params, gates=gates))
+    jac = jacobian_matrix(model, x, safe, target, params=params, gates=gates)
     ok = finite & torch.isfinite(jac).flatten(1).all(-1)
     ev = eigenvalues_sorted(torch.where(ok[:, None, None], jac, torch.zeros_like(jac)))
     return torch.where(ok[:, None], ev, torch.full_like(ev, complex(math.nan, math.nan)))
@@ -204,7 +221,7 @@ def continuation(model: NetworkModel, x, parameter, values, target=None, *, tol=
     apply, name = _setter(model, parameter)
     grid = _check_values(values)
     drive = model.drive(x, target, gates)
-    base = model.initial_state(drive, model.prepare(model.params if params is None else params))
+    base = model.initial_state(drive, model.prepare(model.check_params(params)))
     start = base if y0 is None else model.check_state(y0, drive.batch_size)
     rows = {k: [] for k in ("states", "eigenvalues", "converged", "residual")}
     for value in grid:

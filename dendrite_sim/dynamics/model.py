@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from dendrite_sim.errors import check_tensor
+from dendrite_sim.errors import all_finite, check_range, check_tensor
 from dendrite_sim.dynamics.layout import Layout
 from dendrite_sim.dynamics.teaching import Teaching, as_teaching
 
@@ -29,6 +29,24 @@ Params = dict  # {name: list[torch.Tensor | None]}
 
 def _no_gates(t) -> dict:
     return {}
+
+
+def _as_gates(gates) -> Callable[[float], dict]:
+    """The gates of a verb as a function ``t -> {name: value}``: ``None`` (none), a callable,
+    or a dict of constant gates ``{name: real number}``."""
+    if gates is None:
+        return _no_gates
+    if isinstance(gates, dict):
+        constant = {}
+        for name, value in gates.items():
+            if not isinstance(name, str):
+                raise TypeError(f"gates names must be strings; got {name!r}")
+            constant[name] = check_range(f"gates[{name!r}]", value)
+        return lambda t: constant
+    if not callable(gates) or not isinstance(gates(0.0), dict):
+        raise TypeError("gates must be None, a dict {name: value} or a callable t -> dict; "
+                        f"got {type(gates).__name__}")
+    return gates
 
 
 @dataclass
@@ -317,7 +335,46 @@ class NetworkModel:
         if y is not None and y.shape[0] != x.shape[0]:
             raise ValueError(f"target must have the batch size of x ({x.shape[0]}); "
                              f"got {y.shape[0]}")
-        return Drive(x, teaching, gates or _no_gates, tuple(breakpoints))
+        return Drive(x, teaching, _as_gates(gates), tuple(breakpoints))
+
+    def check_params(self, params) -> Params:
+        """Validate parameters given to a verb in place of :attr:`params`: a dict with the same
+        names, each a list of as many layers, every entry ``None`` where the model's is and
+        otherwise a tensor of the model's shape, dtype and device with finite entries
+        (``TypeError`` / ``ValueError`` naming the entry). ``None`` gives :attr:`params`."""
+        if params is None:
+            return self.params
+        if not isinstance(params, dict):
+            raise TypeError("params must be a dict {name: [tensor or None per layer]} like "
+                            f"model.params; got {type(params).__name__}")
+        if set(params) != set(self.params):
+            raise ValueError(f"params must have the names {sorted(self.params)}; got "
+                             f"{sorted(params)}")
+        for name, own in self.params.items():
+            given = params[name]
+            if not isinstance(given, (list, tuple)) or len(given) != len(own):
+                raise ValueError(f"params[{name!r}] must be a list of {len(own)} entries (one "
+                                 f"per layer); got {given!r:.80}")
+            for k, (mine, theirs) in enumerate(zip(own, given)):
+                self._check_param_entry(f"params[{name!r}][{k}]", mine, theirs)
+        return params
+
+    def _check_param_entry(self, label, own, given):
+        if own is None or given is None:
+            if own is not given:
+                raise ValueError(f"{label} must be "
+                                 f"{'None' if own is None else 'a tensor'} as in model.params; "
+                                 f"got {'None' if given is None else type(given).__name__}")
+            return
+        if not isinstance(given, torch.Tensor):
+            raise TypeError(f"{label} must be a torch.Tensor; got {type(given).__name__}")
+        if given.shape != own.shape or given.dtype != own.dtype or \
+                given.device.type != own.device.type:
+            raise ValueError(f"{label} must have shape {tuple(own.shape)}, dtype {own.dtype} "
+                             f"and device {own.device}; got {tuple(given.shape)}, {given.dtype}, "
+                             f"{given.device}")
+        if not all_finite(given):
+            raise ValueError(f"{label} must be finite; it contains NaN or inf")
 
     def check_state(self, y, batch: int) -> torch.Tensor:
         """Validate a user-supplied state ``(B, N)``."""

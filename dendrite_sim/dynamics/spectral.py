@@ -11,10 +11,12 @@ from dataclasses import dataclass
 
 import torch
 
+from dendrite_sim.errors import check_finite_matrix
 from dendrite_sim.dynamics.layout import Layout
 from dendrite_sim.dynamics.model import Drive, NetworkModel
 
-__all__ = ["Jacobian", "Spectrum", "jacobian", "spectrum", "field_jacobian", "as_state"]
+__all__ = ["Jacobian", "Spectrum", "jacobian", "jacobian_matrix", "spectrum", "field_jacobian",
+           "as_state"]
 
 
 class Jacobian(torch.Tensor):
@@ -66,11 +68,28 @@ def jacobian(model: NetworkModel, x, state, target=None, *, t: float = 0.0, para
     ``state`` is a ``fixed_point`` result, a ``simulate`` result (final state) or a tensor.
     For the mixture model (6.40): blocks ``-I/tau`` on the diagonal, ``(1-mu) D_s W / tau``
     below and ``mu dg/dh / tau`` above.
+    Non-finite entries (a state outside a transfer function's inverse domain, an overflowing
+    field) raise :class:`~dendrite_sim.errors.NumericalError`.
     """
+    jac = jacobian_matrix(model, x, state, target, t=t, params=params, gates=gates,
+                          chunk_size=chunk_size)
+    check_finite_matrix("the Jacobian", jac, _NONFINITE_CAUSE)
+    return Jacobian.wrap(jac, model.layout)
+
+
+_NONFINITE_CAUSE = ("the vector field is not differentiable to a finite value at the state; "
+                    "typically the state lies outside a transfer function's inverse domain "
+                    "(tanh needs -1 < h < 1, sigmoid 0 < h < 1) or the field overflows there")
+
+
+def jacobian_matrix(model: NetworkModel, x, state, target=None, *, t: float = 0.0,
+                    params=None, gates=None, chunk_size=None) -> torch.Tensor:
+    """:func:`jacobian` as a plain ``(B, N, N)`` tensor, non-finite entries left in place
+    (for callers that mark those examples themselves, e.g. ``continuation``)."""
     drive = model.drive(x, target, gates)
     y = as_state(model, state, drive.batch_size)
-    prepared = model.prepare(model.params if params is None else params)
-    return Jacobian.wrap(field_jacobian(model, drive, y, prepared, t, chunk_size), model.layout)
+    prepared = model.prepare(model.check_params(params))
+    return field_jacobian(model, drive, y, prepared, t, chunk_size)
 
 
 @dataclass
@@ -111,8 +130,10 @@ class Spectrum:
 
 
 def eigenvalues_sorted(matrix: torch.Tensor) -> torch.Tensor:
-    """Eigenvalues of a batch of general matrices, sorted by decreasing real part."""
-    ev = torch.linalg.eigvals(matrix)
+    """Eigenvalues of a batch of general matrices, sorted by decreasing real part. A
+    non-finite matrix raises :class:`~dendrite_sim.errors.NumericalError` (LAPACK's balancing
+    can crash the process on one)."""
+    ev = torch.linalg.eigvals(check_finite_matrix("the matrix of an eigenvalue problem", matrix))
     order = torch.argsort(ev.real, dim=-1, descending=True)
     return torch.gather(ev, -1, order)
 

@@ -138,6 +138,6 @@ def make_transfer(spec: str | Transfer, slope: float = 0.1) -> Transfer:
     """A ``Transfer`` from a name in ``TRANSFERS`` (``slope`` applies to leaky ReLU) or itself."""
     if isinstance(spec, Transfer):
         return spec
-    if spec not in TRANSFERS:
+    if not isinstance(spec, str) or spec not in TRANSFERS:
         raise ValueError(f"transfer must be one of {sorted(TRANSFERS)}; got {spec!r}")
     return LeakyReLU(slope) if spec == "leaky_relu" else TRANSFERS[spec]()

@@ -19,7 +19,7 @@ import copy
 
 import torch
 
-from dendrite_sim.errors import check_range
+from dendrite_sim.errors import check_bool, check_range
 from dendrite_sim.dynamics.layout import Layout
 from dendrite_sim.dynamics.model import NetworkModel
 from dendrite_sim.families.pathways import Pathways
@@ -47,21 +47,24 @@ class MixingNetwork(NetworkModel):
                  init_threshold, variables=()):
         self.mu, self.tau, self.feedback, self.form = mu, tau, feedback, form
         self.eta, self.eta_inv, self.weight_decay = eta, eta_inv, weight_decay
-        self.compensate_decay = bool(compensate_decay)
+        self.compensate_decay = check_bool("compensate_decay", compensate_decay)
         self.pathways = Pathways(sizes, transfer, slope, bias, feedback, form, feedback_gain,
                                  seed, dtype, device, init_threshold)
-        self.sizes, self.dtype, self.device = self.pathways.sizes, dtype, torch.device(device)
+        self.sizes, self.dtype, self.device = self.pathways.sizes, dtype, self.pathways.device
         self.params = self.pathways.params
         self.layout = Layout({name: self.sizes[1:] for name in ("h",) + tuple(variables)})
         self._others = tuple(variables)          # the state variables beyond the activity
         self._validate()
 
     def _validate(self):
-        check_range("mu", self.mu, low=0.0, high=0.5, low_open=True, high_open=True)
-        check_range("tau", self.tau, low=0.0, low_open=True)
+        """Check the hyper-parameters (real numbers in range: ``TypeError`` for a string or a
+        bool, ``ValueError`` outside the range) and keep them as floats."""
+        self.mu = check_range("mu", self.mu, low=0.0, high=0.5, low_open=True, high_open=True)
+        self.tau = check_range("tau", self.tau, low=0.0, low_open=True)
+        self.compensate_decay = check_bool("compensate_decay", self.compensate_decay)
         self.layer_rates = layer_rates(self.eta, self.depth, self.mu, self.compensate_decay)
-        check_range("eta_inv", self.eta_inv, low=0.0)
-        check_range("weight_decay", self.weight_decay, low=0.0)
+        self.eta_inv = check_range("eta_inv", self.eta_inv, low=0.0)
+        self.weight_decay = check_range("weight_decay", self.weight_decay, low=0.0)
 
     # -- named views of the parameters, as in the thesis ------------------------------------
     @property

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import torch
 
-from dendrite_sim.errors import check_range
+from dendrite_sim.errors import (check_bool, check_device, check_dtype, check_int, check_range,
+                                 check_sizes)
 from dendrite_sim.dynamics.transfer import Transfer, make_transfer
 
 __all__ = ["Pathways", "robust_invertible"]
 
 FEEDBACKS = ("exact", "learned")
+_check_sizes = check_sizes      # the name models/multiplexing.py imports
 FORMS = ("inverse", "classic")
 
 
@@ -52,11 +54,11 @@ class Pathways:
     def __init__(self, sizes, transfer="leaky_relu", slope=0.1, bias=False, feedback="exact",
                  form="inverse", feedback_gain=1.0, seed=0, dtype=torch.float32,
                  device="cpu", init_threshold=0.4):
-        self.sizes = _check_sizes(sizes)
+        self.sizes = check_sizes(sizes)
         self.depth = len(self.sizes) - 1
-        if feedback not in FEEDBACKS:
+        if not isinstance(feedback, str) or feedback not in FEEDBACKS:
             raise ValueError(f"feedback must be one of {FEEDBACKS}; got {feedback!r}")
-        if form not in FORMS:
+        if not isinstance(form, str) or form not in FORMS:
             raise ValueError(f"form must be one of {FORMS}; got {form!r}")
         if feedback == "exact" and len(set(self.sizes)) != 1:
             raise ValueError("feedback='exact' needs equal layer sizes (square invertible W); "
@@ -64,13 +66,14 @@ class Pathways:
         self.feedback, self.form = feedback, form
         self.feedback_gain = check_range("feedback_gain", feedback_gain)
         self.transfers = _per_layer_transfers(transfer, slope, self.depth)
-        self.dtype, self.device = dtype, torch.device(device)
-        self.params = self._init_params(bool(bias), seed,
+        self.dtype, self.device = check_dtype("dtype", dtype), check_device("device", device)
+        self.params = self._init_params(check_bool("bias", bias),
+                                        check_int("seed", seed, low=0, high=2 ** 63),
                                         check_range("init_threshold", init_threshold, low=0.0))
 
     # -- initialisation -------------------------------------------------------------------
     def _init_params(self, bias, seed, threshold):
-        gen = torch.Generator().manual_seed(int(seed))
+        gen = torch.Generator().manual_seed(seed)
         as_model = dict(dtype=self.dtype, device=self.device)
         W = [robust_invertible(n_out, n_in, gen, threshold)
              for n_in, n_out in zip(self.sizes[:-1], self.sizes[1:])]
@@ -143,17 +146,6 @@ class Pathways:
             return params
         return {**params, "feedback_bias": [-(q @ b) for q, b in zip(params["Q"],
                                                                      params["b"][1:])]}
-
-
-def _check_sizes(sizes) -> list[int]:
-    try:
-        sizes = [int(n) for n in sizes]
-    except (TypeError, ValueError):
-        raise ValueError(f"sizes must be a list of positive integers; got {sizes!r}") from None
-    if len(sizes) < 2 or min(sizes) < 1:
-        raise ValueError("sizes must list at least two layer widths [n_0, ..., n_L], each >= 1; "
-                         f"got {sizes}")
-    return sizes
 
 
 def _per_layer_transfers(transfer, slope, depth) -> list[Transfer]:
