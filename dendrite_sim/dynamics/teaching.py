@@ -108,12 +108,15 @@ class Nudge(Teaching):
 
     def bind(self, width, dtype, device):
         y = self.y
+        if isinstance(y, torch.Tensor) and y.dtype == torch.bool:
+            raise ValueError("target must be a float tensor (B, n_L), or integer class labels "
+                             "(B,) for cross_entropy; got a bool tensor")
         if isinstance(y, torch.Tensor) and self.loss == "cross_entropy" and y.dim() == 1 \
-                and not y.is_floating_point():
+                and not y.is_floating_point() and not y.is_complex():
             if y.numel() and (int(y.min()) < 0 or int(y.max()) >= width):
                 raise ValueError(f"target labels must lie in [0, {width - 1}]; got values in "
                                  f"[{int(y.min())}, {int(y.max())}]")
-            y = F.one_hot(y.to(device), width).to(dtype)
+            y = F.one_hot(y.to(device=device, dtype=torch.long), width).to(dtype)
         return Nudge(check_tensor("target", y, width, dtype, device), self.loss, self.eta_hat)
 
     def gradient(self, h_out):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from dendrite_sim.errors import (check_bool, check_device, check_dtype, check_int, check_range,
+from dendrite_sim.errors import (NumericalError, check_bool, check_device, check_dtype, check_int, check_range,
                                  check_sizes)
 from dendrite_sim.dynamics.transfer import Transfer, make_transfer
 
@@ -141,11 +141,22 @@ class Pathways:
         for learned feedback in the inverse form with biases and ``fold_bias``, ``-Q_i
         b_{i+1}`` (the bias of ``g_i``, so that :meth:`feedback_map` is one matrix product)."""
         if self.feedback == "exact":
-            return {**params, "W_lu": [torch.linalg.lu_factor(w) for w in params["W"]]}
+            return {**params, "W_lu": [_lu_factor(i, w) for i, w in enumerate(params["W"], 1)]}
         if self.form == "classic" or params["b"][0] is None or not fold_bias:
             return params
         return {**params, "feedback_bias": [-(q @ b) for q, b in zip(params["Q"],
                                                                      params["b"][1:])]}
+
+
+def _lu_factor(i: int, w: torch.Tensor):
+    """LU factors of ``W_i`` for the exact inverse (6.4); a singular ``W_i`` raises
+    :class:`~dendrite_sim.errors.NumericalError` (``lu_factor`` checks the pivots anyway, so
+    the check costs no extra read back)."""
+    lu, pivots, info = torch.linalg.lu_factor_ex(w)
+    if int(info):
+        raise NumericalError(f"W_{i} is singular (zero pivot {int(info)} in its LU factors): "
+                             "exact feedback (6.4) needs invertible forward weights")
+    return lu, pivots
 
 
 def _per_layer_transfers(transfer, slope, depth) -> list[Transfer]:
