@@ -244,7 +244,7 @@ def _solve(model, x, target, start, tol, params, gates, solver):
     failure marks the whole batch as not converged (NaN state, infinite residual)."""
     try:
         eq = fixed_point(model, x, target, y0=start, tol=tol, params=params, gates=gates,
-                         **solver)
+                         **{"basin": "any", **solver})     # follow the branch past stability
     except NumericalError:
         nan = torch.full_like(start, math.nan)
         inf = torch.full(start.shape[:1], math.inf, dtype=start.dtype, device=start.device)
