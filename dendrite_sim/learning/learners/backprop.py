@@ -7,7 +7,7 @@ import torch
 from dendrite_sim.dynamics.teaching import _check_loss, loss_value
 from dendrite_sim.errors import check_range
 from . import register_learner
-from .base import Learner, _check_batch, _load_params
+from .base import Learner, _check_batch
 
 
 def forward_layers(model, params, x) -> list[torch.Tensor]:
@@ -86,13 +86,6 @@ class BackpropLearner(Learner):
     def commit(self, new):
         for n in self.forward_names:
             self._params[n] = [None if p is None else p.detach() for p in new[n]]
-
-    def state_dict(self) -> dict:
-        return {"params": {n: [None if p is None else p.clone() for p in v]
-                           for n, v in self._params.items()}}
-
-    def load_state_dict(self, d):
-        self._params = _load_params(self._params, d["params"])
 
     def config(self) -> dict:
         transfers = self.model.layer_transfers

@@ -121,6 +121,15 @@ class Learner:
         info["dW_norm"] = [float(v.norm()) for v in delta]
         return info
 
+    def state_dict(self) -> dict:
+        """``{"params": copies of}`` :attr:`params` (a learner with more state extends it)."""
+        return {"params": {n: [None if p is None else p.detach().clone() for p in v]
+                           for n, v in self.params.items()}}
+
+    def load_state_dict(self, d):
+        """Install the parameters of :meth:`state_dict` (checked against the current ones)."""
+        self.commit(_load_params(self.params, d["params"]))
+
     # -- to implement ----------------------------------------------------------------------
     def predict(self, x):
         raise NotImplementedError

@@ -32,7 +32,7 @@ from dendrite_sim.dynamics.teaching import _check_loss, loss_gradient
 from dendrite_sim.dynamics.transfer import make_transfer
 from dendrite_sim.errors import NumericalError, check_range
 from . import register_learner
-from .base import Learner, _check_batch, _load_params
+from .base import Learner, _check_batch
 
 __all__ = ["input_correction", "output_correction", "dtp1_update", "layer_factor",
            "BengioDTP", "AlgorithmOne", "INVERSIONS"]
@@ -215,13 +215,6 @@ class BengioDTP(Learner):
     def commit(self, new):
         for n in ("W", "Omega"):
             self._params[n] = [None if p is None else p.detach() for p in new[n]]
-
-    def state_dict(self) -> dict:
-        return {"params": {n: [None if p is None else p.clone() for p in v]
-                           for n, v in self._params.items()}}
-
-    def load_state_dict(self, d):
-        self._params = _load_params(self._params, d["params"])
 
     def config(self) -> dict:
         return {"learner": self.name, "model": type(self.model).__name__, "sizes": self.sizes,

@@ -6,7 +6,7 @@ from dendrite_sim.dynamics.teaching import Nudge, _check_loss
 from dendrite_sim.errors import check_range
 from dendrite_sim.learning.presentation import MODES
 from . import register_learner
-from .base import Learner, _jsonable_scalar_or_list, _load_params
+from .base import Learner, _jsonable_scalar_or_list
 
 
 @register_learner("dendritic")
@@ -81,14 +81,6 @@ class DendriticLearner(Learner):
             current = self.model.params[n]
             for k, p in enumerate(values):
                 current[k] = p
-
-    def state_dict(self) -> dict:
-        return {"params": {n: [None if p is None else p.detach().clone() for p in v]
-                           for n, v in self.model.params.items()}}
-
-    def load_state_dict(self, d):
-        new = _load_params(self.model.params, d["params"])
-        self.commit(new)
 
     def config(self) -> dict:
         model = self.model
