@@ -89,6 +89,7 @@ class _Field(torch.nn.Module):
         self.plastic_names = plastic_names
         self.slots = _plastic_slots(params, plastic_names)
         self.start = [params[n][k] for n, k in self.slots]
+        self.zeros = [torch.zeros_like(p) for p in self.start]
         self.shapes = [tuple(y_shape)] + [tuple(p.shape) for p in self.start]
         self.sizes = [math.prod(shape) for shape in self.shapes]
         # with the adjoint method, autograd re-enters the field: prepare inside each call
@@ -105,8 +106,8 @@ class _Field(torch.nn.Module):
         dy, rates = self.model.field_and_plasticity(t, y, self.drive,
                                                     self.params_at(displacements))
         # a rule switched off (rate None) is integrated as zero
-        return self.pack([dy] + [torch.zeros_like(p) if rates[n][k] is None else rates[n][k]
-                                 for (n, k), p in zip(self.slots, self.start)])
+        return self.pack([dy] + [zero if rates[n][k] is None else rates[n][k]
+                                 for (n, k), zero in zip(self.slots, self.zeros)])
 
     def subset(self, index):
         """The field of the examples ``index`` of the batch (no plastic parameters)."""
@@ -214,7 +215,7 @@ def _integrate_segment(func, y, seg, integ, adjoint, params):
     """One segment: ``(ys (T, B, N), params at its end, nfev)``."""
     state, tol, norm = y, integ.atol, None
     if func.plastic_names:       # displacements from the segment's starting weights
-        state = func.pack([y] + [torch.zeros_like(p) for p in func.start])
+        state = func.pack([y] + func.zeros)
         norm = func.max_rms
         if not adjoint:          # the adjoint's augmented state takes scalar tolerances
             tol = func.pack([torch.full_like(y, integ.atol)]
