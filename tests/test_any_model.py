@@ -169,3 +169,17 @@ def test_every_cli_command_runs_the_model(tmp_path, monkeypatch, capsys):
     for figure in ("run/figures/learning_curves_vs_backprop.png", "run/figures/spectrum.png",
                    "sim/activity.png", "an/continuation_tau_r.png"):
         assert (tmp_path / figure).stat().st_size > 1000, figure
+
+
+def test_verbs_never_modify_the_state_they_are_given():
+    """``y0`` passed to ``fixed_point`` and ``simulate`` is the user's: a warm start from an
+    earlier equilibrium must leave that equilibrium as it was."""
+    from dendrite_sim.models import Mixture
+    model = Mixture([4, 4, 4, 4], mu=0.1, feedback="exact", transfer="leaky_relu", slope=0.5,
+                    dtype=F64, seed=3)
+    x, target = _x(8), _x(8, seed=1)
+    free = fixed_point(model, x)
+    before = free.y.clone()
+    fixed_point(model, x, target, y0=free.y)
+    simulate(model, x, [0.0, 1.0], target, y0=free.y)
+    torch.testing.assert_close(free.y, before, rtol=0, atol=0)

@@ -377,11 +377,12 @@ class NetworkModel:
             raise ValueError(f"{label} must be finite; it contains NaN or inf")
 
     def check_state(self, y, batch: int) -> torch.Tensor:
-        """Validate a user-supplied state ``(B, N)``."""
+        """Validate a user-supplied state ``(B, N)``; returns a copy the engine may change in
+        place (the user's tensor is never modified)."""
         y = check_tensor("state", y, self.state_size, self.dtype, self.device)
         if y.shape[0] != batch:
             raise ValueError(f"state must have the batch size of x ({batch}); got {y.shape[0]}")
-        return y
+        return y.clone()
 
     def replace(self, **changes) -> "NetworkModel":
         """A copy sharing the parameter tensors, with attributes in ``changes`` replaced."""
