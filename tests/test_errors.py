@@ -366,3 +366,123 @@ def test_all_finite_finds_every_nan_and_inf(dtype):
                 assert not all_finite(broken.view(shape))
     assert all_finite(torch.empty(0, 3, dtype=dtype))
     assert all_finite(torch.arange(5))
+
+
+# ----------------------------------------------------------------------------------------------
+# each numerical guard, driven: the error names its cause
+# ----------------------------------------------------------------------------------------------
+def test_guard_diverging_learning_rate_names_the_stiffness():
+    """Rates eta = eta_inv = 1e8 in a coupled presentation: the weights move ~1e8 times faster
+    than the neurons, the adaptive integrator cannot keep up, and says so."""
+    from dendrite_sim.learning.presentation import present
+    m = Mixture([3, 3, 3], mu=0.2, feedback="learned", eta=1e8, eta_inv=1e8, dtype=F64)
+    x, y = torch.full((2, 3), 0.5, dtype=F64), torch.full((2, 3), 3.0, dtype=F64)
+    with pytest.raises(ds.NumericalError, match=r"stiff or fast system|blew up|NaN"):
+        present(m, x, ds.Nudge(y, eta_hat=1.0), m.default_schedule(T=5.0), mode="coupled")
+
+
+def test_guard_tanh_inverse_out_of_range_names_the_domain():
+    """A tanh network at a state outside (-1, 1): the Jacobian (atanh of it) is NaN and is
+    refused before LAPACK sees it, with the inverse domain named."""
+    m = model64(transfer="tanh")
+    with pytest.raises(ds.NumericalError, match=r"(?s)Jacobian.*non-finite.*inverse domain.*tanh"):
+        ds.jacobian(m, X, torch.full((2, 8), 1.5, dtype=F64))
+    with pytest.raises(ds.NumericalError, match=r"inverse domain"):
+        ds.spectrum(m, X, torch.full((2, 8), 1.5, dtype=F64))
+
+
+def test_guard_unstable_equilibrium_names_the_blow_up():
+    """Integrating toward an unstable equilibrium blows up (|state| > max_abs, named); its
+    spectrum, from the numpy-solved equilibrium, is unstable."""
+    m = _unstable_linear()
+    rng = np.random.default_rng(3)
+    x, yc = rng.standard_normal((2, 3)), rng.standard_normal((2, 3))
+    y_true, _ = _linear_equilibrium(m, x, yc)
+    with pytest.raises(ds.NumericalError, match=r"blew up: \|state\| reached .* > max_abs"):
+        ds.simulate(m, torch.tensor(x), [0.0, 60.0], target=torch.tensor(yc),
+                    y0=torch.tensor(y_true) + 1e-3)
+    assert not bool(ds.spectrum(m, torch.tensor(x), torch.tensor(y_true),
+                                target=torch.tensor(yc)).stable.any())
+
+
+def test_guard_singular_forward_weights_with_exact_feedback():
+    m = model64()
+    params = {"W": [torch.zeros(4, 4, dtype=F64), m.params["W"][1]], "b": [None, None]}
+    with pytest.raises(ds.NumericalError, match=r"W_1 is singular"):
+        ds.jacobian(m, X, torch.zeros(2, 8, dtype=F64), params=params)
+
+
+# ----------------------------------------------------------------------------------------------
+# typed constructor arguments, params, gates
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kwargs, error, text", [
+    (dict(mu="0.2"), TypeError, "mu must be a real number"),
+    (dict(tau="1"), TypeError, "tau must be a real number"),
+    (dict(eta_inv="0.1"), TypeError, "eta_inv must be a real number"),
+    (dict(mu=True), TypeError, "mu must be a real number"),
+    (dict(dtype=torch.int64), TypeError, "dtype must be torch.float32 or torch.float64"),
+    (dict(dtype=torch.float16), TypeError, "dtype must be"),
+    (dict(dtype="float64"), TypeError, "dtype must be"),
+    (dict(device="meta"), ValueError, "device must be 'cpu' or an available CUDA"),
+    (dict(device="junk"), ValueError, "device must name a torch device"),
+    (dict(device=None), TypeError, "device must be a torch.device"),
+    (dict(seed=2 ** 70), ValueError, r"seed must lie in \[0, "),
+    (dict(seed=1.5), TypeError, "seed must be an integer"),
+    (dict(sizes="33"), TypeError, "sizes must be a list of positive integers"),
+    (dict(sizes=[3.5, 2]), TypeError, r"sizes\[0\] must be an integer"),
+    (dict(sizes=[4, 0, 4]), ValueError, r"sizes\[1\] must lie in \[1, "),
+    (dict(bias="no"), TypeError, "bias must be True or False"),
+    (dict(compensate_decay=1), TypeError, "compensate_decay must be True or False"),
+])
+def test_constructor_argument_types(kwargs, error, text):
+    with pytest.raises(error, match=text):
+        model64(**kwargs)
+
+
+def test_constructor_accepts_numpy_numbers_and_stores_floats():
+    m = model64(mu=np.float64(0.25), tau=np.int64(2), sizes=[np.int64(4)] * 3)
+    assert m.mu == 0.25 and isinstance(m.mu, float) and m.tau == 2.0 and m.sizes == [4, 4, 4]
+
+
+@pytest.mark.parametrize("mutate, text", [
+    (lambda p: p.pop("b"), r"params must have the names \['W', 'b'\]"),
+    (lambda p: p.update(W=p["W"][:1]), r"params\['W'\] must be a list of 2 entries"),
+    (lambda p: p["W"].__setitem__(1, p["W"][1].float()), r"params\['W'\]\[1\] must have"),
+    (lambda p: p["W"].__setitem__(0, torch.full((4, 4), math.nan, dtype=F64)),
+     r"params\['W'\]\[0\] must be finite"),
+    (lambda p: p["b"].__setitem__(0, torch.zeros(4, dtype=F64)),
+     r"params\['b'\]\[0\] must be None"),
+])
+def test_params_checked_at_the_verbs(mutate, text):
+    m = model64()
+    params = {k: list(v) for k, v in m.params.items()}
+    mutate(params)
+    with pytest.raises(ValueError, match=text):
+        ds.jacobian(m, X, torch.zeros(2, 8, dtype=F64), params=params)
+    with pytest.raises(ValueError, match=text):
+        ds.continuation(m, X, "mu", [0.1, 0.2], params=params)
+
+
+def test_gates_dict_of_constants_equals_callable():
+    m = model64()
+    y = torch.full((2, 8), 0.1, dtype=F64)
+    target = torch.zeros(2, 4, dtype=F64)
+    as_dict = ds.jacobian(m, X, y, target, gates={"teach": 0.0})
+    as_call = ds.jacobian(m, X, y, target, gates=lambda t: {"teach": 0.0})
+    free = ds.jacobian(m, X, y)
+    assert torch.equal(torch.Tensor(as_dict), torch.Tensor(as_call))
+    assert torch.equal(torch.Tensor(as_dict), torch.Tensor(free))   # teach off = free
+    with pytest.raises(TypeError, match=r"gates\['teach'\] must be a real number"):
+        ds.jacobian(m, X, y, gates={"teach": "on"})
+    with pytest.raises(TypeError, match="gates must be None, a dict"):
+        ds.jacobian(m, X, y, gates=3)
+
+
+def test_empty_batch_and_bool_labels_and_bad_setter():
+    m = model64()
+    with pytest.raises(ValueError, match="x must hold at least one example"):
+        ds.fixed_point(m, X[:0])
+    with pytest.raises(ValueError, match="got a bool tensor"):
+        ds.fixed_point(m, X, ds.Nudge(torch.tensor([True, False]), loss="cross_entropy"))
+    with pytest.raises(TypeError, match="must return a model; it returned NoneType"):
+        ds.continuation(m, X, lambda model, value: None, [0.1, 0.2])

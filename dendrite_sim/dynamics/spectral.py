@@ -85,11 +85,15 @@ _NONFINITE_CAUSE = ("the vector field is not differentiable to a finite value at
 def jacobian_matrix(model: NetworkModel, x, state, target=None, *, t: float = 0.0,
                     params=None, gates=None, chunk_size=None) -> torch.Tensor:
     """:func:`jacobian` as a plain ``(B, N, N)`` tensor, non-finite entries left in place
-    (for callers that mark those examples themselves, e.g. ``continuation``)."""
+    (for callers that mark those examples themselves, e.g. ``continuation``). An example
+    whose field is not finite at its state gets a NaN Jacobian: its derivatives can be finite
+    there (``atanh'(y) = 1/(1-y^2)`` for ``|y| > 1``) but describe no dynamics."""
     drive = model.drive(x, target, gates)
     y = as_state(model, state, drive.batch_size)
     prepared = model.prepare(model.check_params(params))
-    return field_jacobian(model, drive, y, prepared, t, chunk_size)
+    jac = field_jacobian(model, drive, y, prepared, t, chunk_size)
+    defined = torch.isfinite(model.field(t, y, drive, prepared)).all(-1)
+    return torch.where(defined[:, None, None], jac, torch.full_like(jac, float("nan")))
 
 
 @dataclass
