@@ -621,7 +621,9 @@ def _leading_eigenvalue(residual, y, dense: bool, steps: int):
 
 def _arnoldi_leading(residual, y, steps):
     """Rightmost Ritz value (real part) of ``min(steps, N)`` Arnoldi steps on ``v -> J(y) v``
-    (JVPs), batched, from a fixed pseudo-random start. Where an example's Krylov space is
+    (JVPs), batched, from a fixed pseudo-random start, the basis orthogonalised twice
+    (classical Gram-Schmidt loses orthogonality on these non-normal Jacobians and returned
+    spurious Ritz values near 0). Where an example's Krylov space is
     invariant early (breakdown), its Hessenberg matrix is block diagonal: the exact Ritz
     values, and a block of ``-sqrt(max float)`` on the diagonal that cannot be the largest.
     A Hessenberg matrix that is not finite gives NaN."""
@@ -637,13 +639,15 @@ def _arnoldi_leading(residual, y, steps):
         w = residual.jvp(y, basis[j])
         if j == 0:
             _check_isolated(residual, w.abs())
-        for i, b in enumerate(basis):
-            hess[:, i, j] = (w * b).sum(-1)
-            w = w - hess[:, i, j, None] * b
+        for _ in range(2):                   # Gram-Schmidt twice: orthogonal to rounding
+            for i, b in enumerate(basis):
+                projection = (w * b).sum(-1)
+                hess[:, i, j] += projection
+                w = w - projection[:, None] * b
         hess[:, j, j] = torch.where(alive, hess[:, j, j], low)
         size = w.norm(dim=-1)
         scale = hess[:, :j + 1, :j + 1].abs().amax((-2, -1)).clamp_max(-low / 2)
-        alive = alive & (size > 1e3 * torch.finfo(y.dtype).eps * scale)
+        alive = alive & (size > torch.finfo(y.dtype).eps ** 0.5 * scale)
         hess[:, j + 1, j] = torch.where(alive, size, 0.0)
         basis.append(torch.where(alive[:, None], w / size.clamp_min(1e-300)[:, None], 0.0))
     square = hess[:, :m, :m]
@@ -893,6 +897,8 @@ def _settle_and_polish(residual, params, attempt, start, pending, tol, solver, s
                                                todo[index], ends[index], F_end[index], tol,
                                                solver, polish, step, dense, reach)
             iterations, ran = iterations + more, ran + names
+        for b in todo[done].tolist():
+            attempt.why[b] = ""
         if previous is not None:
             for b in todo[~done & (stuck > 0.5 * previous)].tolist():
                 attempt.why[b] = "oscillating"
