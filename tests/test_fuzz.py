@@ -301,24 +301,20 @@ WRONG_SHAPE = {"W": [torch.zeros(3, 2, dtype=F64), torch.zeros(2, 2, dtype=F64)]
                "b": [None, None], "Q": [torch.zeros(2, 2, dtype=F64)]}
 
 
-@pytest.mark.parametrize("verb", ["jacobian", "continuation"])
+@pytest.mark.parametrize("verb", ["jacobian", "continuation", "simulate", "present"])
 def test_verbs_validate_params(verb):
     with pytest.raises(ValueError, match=r"params\['W'\]\[0\] must have shape \(2, 2\)"):
         _verb(verb)(WRONG_SHAPE)
 
 
 @pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="equilibrium.py / integrate.py / presentation.py (others' files) do not "
-                   "call model.check_params at their entry yet")
-@pytest.mark.parametrize("verb", ["fixed_point", "simulate", "present"])
+                   reason="equilibrium.py does not call model.check_params at its entry yet")
+@pytest.mark.parametrize("verb", ["fixed_point"])
 def test_verbs_validate_params_pending(verb):
     with pytest.raises(ValueError, match=r"params\['W'\]\[0\] must have shape"):
         _verb(verb)(WRONG_SHAPE)
 
 
-@pytest.mark.xfail(strict=True, reason="frontend/data.py (not ours): mnist1d with one training "
-                   "example standardises by a zero std and returns NaN inputs with only a "
-                   "numpy warning")
 def test_mnist1d_single_training_example_is_finite_or_refused():
     out, err = outcome(lambda: load_dataset("mnist1d", n_train=1, n_test=2))
     assert err is not None or np.isfinite(out.x_train).all()

@@ -322,7 +322,7 @@ def simulate(model: NetworkModel, x, t, target=None, *, method="dopri5", rtol=1e
         integrator = Integrator(method, rtol, atol, step_size, max_abs=max_abs, options=options)
     elif not isinstance(integrator, Integrator):
         raise ValueError(f"integrator must be an Integrator; got {type(integrator).__name__}")
-    params = model.params if params is None else params
+    params = model.check_params(params)
     if y0 is None:
         y0 = model.initial_state(drive, model.prepare(params))
     else:
@@ -362,7 +362,7 @@ def relax(model: NetworkModel, x, target=None, *, tol, t_max, integrator=None, y
     if integ.backend.engine != "lean" or integ.fixed:
         raise ValueError(f"relax needs an adaptive lean method; got {integ.method!r}")
     drive = model.drive(x, target, gates)
-    params = model.params if params is None else params
+    params = model.check_params(params)
     prepared = model.prepare(params)
     y0 = model.initial_state(drive, prepared) if y0 is None else \
         model.check_state(y0, drive.batch_size)

@@ -209,7 +209,9 @@ def load_mnist1d(n_train=4000, n_test=1000, seed=0) -> Dataset:
     examples are the training set and the next ``n_test`` the test set, so with
     ``seed=42`` (mnist1d's own default) the examples and the 4000/1000 split equal those of
     ``make_dataset(get_dataset_args())``. Each feature is then standardised with the
-    training mean and standard deviation (mnist1d itself only standardises globally).
+    training mean and standard deviation (mnist1d itself only standardises globally); a
+    feature constant over the training set (e.g. ``n_train=1``) is only centred, as
+    scikit-learn's ``StandardScaler`` does.
     """
     _check_count("n_train", n_train)
     _check_count("n_test", n_test)
@@ -217,6 +219,7 @@ def load_mnist1d(n_train=4000, n_test=1000, seed=0) -> Dataset:
     x, y = _make_mnist1d(-(-n // 10) * 10, seed)
     x_tr, x_te = x[:n_train], x[n_train:n]
     mean, std = x_tr.mean(axis=0), x_tr.std(axis=0)
+    std = np.where(std > 0, std, 1.0)
 
     def standardise(a):
         return ((a - mean) / std).astype(np.float32)

@@ -156,7 +156,8 @@ def present(model: NetworkModel, x, target, schedule: Schedule, mode: str = "qua
         check_range("rate_tol", rate_tol, low=tol)
     if method in FIXED_STEP and step_size is None:
         raise ValueError(f"method {method!r} is fixed-step: give step_size > 0")
-    params = model.params if params is None else params
+    params = model.params if params is None or params is model.params else \
+        model.check_params(params)
     model.drive(x, target)  # validates x and target against the model (its ValueError)
     if mode == "coupled":
         return _coupled(model, x, target, schedule, params, method, rtol, atol, max_abs,
