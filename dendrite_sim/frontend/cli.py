@@ -633,7 +633,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"\n{PROG}: interrupted", file=sys.stderr)
         return 130
-    except (CLIError, ConfigError, ValueError, FileNotFoundError, FileExistsError,
+    except (CLIError, ConfigError, ValueError, TypeError, FileNotFoundError, FileExistsError,
             NotADirectoryError, PermissionError, NumericalError, ImportError) as err:
         if debug:
             raise
