@@ -90,7 +90,7 @@ TRAINING = {
     "n_eig": ("int", 4),
 }
 SOLVER = {
-    "method": ("str", "dopri5"),        # ODE integrator (torchdiffeq)
+    "method": ("str", "dopri5"),        # integrator (dendrite_sim.dynamics.integrators.METHODS)
     "rtol": ("number", 1e-6),
     "atol": ("number", 1e-8),
     "step_size": ("number", None),      # fixed-step methods only
@@ -588,8 +588,6 @@ def validate_config(raw: dict) -> dict:
             raise ConfigError(f"schedule.phases cannot be combined with schedule."
                               f"{others[0]} (give either phases or durations)")
         resolved["phases"] = _validate_phases(resolved["phases"])
-    elif not hasattr(cls, "default_schedule"):
-        raise ConfigError(f"{cls.__name__} has no default_schedule(): give schedule.phases")
     out["schedule"] = resolved
     out["learner"] = {}
     # -- fixed sections
@@ -664,9 +662,10 @@ def _check_values(cfg: dict) -> None:
     for key in ("epochs", "batch_size"):
         if tr[key] < 1:
             raise ConfigError(f"training.{key} must be >= 1; got {tr[key]}")
-    modes = ("quasi_static", "coupled")
-    if tr["mode"] not in modes:
-        raise ConfigError(f"training.mode must be one of {list(modes)}; got {tr['mode']!r}")
+    from dendrite_sim.learning.presentation import MODES
+    if tr["mode"] not in MODES:
+        raise ConfigError(f"training.mode must be one of {list(MODES)}; got {tr['mode']!r}")
+    build_integrator(cfg)
     from dendrite_sim.dynamics.teaching import LOSSES
     if tr["loss"] not in LOSSES:
         raise ConfigError(f"training.loss must be one of {list(LOSSES)}; got {tr['loss']!r}")
@@ -811,14 +810,30 @@ def build_data(cfg: dict):
                    "examples.", data.extras)
 
 
-def learner_options(cfg: dict) -> tuple[dict, dict]:
-    """``(present_kwargs, fixed_point_kwargs)`` from the ``[solver]`` section."""
+INTEGRATOR_KEYS = ("method", "rtol", "atol", "step_size", "max_abs")
+
+
+def build_integrator(cfg: dict):
+    """The :class:`~dendrite_sim.dynamics.integrators.Integrator` of the ``[solver]`` section,
+    built (and validated) once; a bad value is a ``ConfigError`` naming ``solver.<key>``."""
+    from dendrite_sim.dynamics.integrators import Integrator
     s = cfg["solver"]
-    equilibrium = ("tol", "rate_tol", "max_iter")
-    present = {k: s[k] for k in ("method", "rtol", "atol", "step_size", "max_abs")
-               + equilibrium if s.get(k) is not None}
-    quasi_static = cfg["training"]["mode"] == "quasi_static"
-    present = {k: v for k, v in present.items() if (k in equilibrium) == quasi_static}
+    try:
+        return Integrator(**{k: s[k] for k in INTEGRATOR_KEYS if s.get(k) is not None})
+    except (TypeError, ValueError) as err:
+        message = str(err)
+        key = next((k for k in INTEGRATOR_KEYS if message.startswith(k)), None)
+        raise ConfigError(f"solver.{message}" if key else f"[solver]: {message}") from None
+
+
+def learner_options(cfg: dict) -> tuple[dict, dict]:
+    """``(present_kwargs, fixed_point_kwargs)`` from the ``[solver]`` section: coupled mode
+    gets its :func:`build_integrator`, quasi-static mode the equilibrium settings."""
+    s = cfg["solver"]
+    if cfg["training"]["mode"] == "coupled":
+        present = {"integrator": build_integrator(cfg)}
+    else:
+        present = {k: s[k] for k in ("tol", "rate_tol", "max_iter") if s.get(k) is not None}
     fixed = {k: s[k] for k in ("tol", "max_iter", "dense_limit") if s.get(k) is not None}
     if s.get("equilibrium"):
         fixed["method"] = s["equilibrium"]

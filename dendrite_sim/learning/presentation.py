@@ -66,7 +66,8 @@ import torch
 
 from dendrite_sim.dynamics.equilibrium import default_tol, solve_equilibrium
 from dendrite_sim.errors import NumericalError, all_finite, check_range
-from dendrite_sim.dynamics.integrate import FIXED_STEP, METHODS, integrate_drive
+from dendrite_sim.dynamics.integrate import integrate_drive
+from dendrite_sim.dynamics.integrators import Integrator
 from dendrite_sim.dynamics.layout import Layout
 from dendrite_sim.dynamics.model import Drive, NetworkModel
 from dendrite_sim.learning.schedule import Schedule
@@ -101,7 +102,7 @@ def present(model: NetworkModel, x, target, schedule: Schedule, mode: str = "qua
             params=None, *, method: str = "dopri5", rtol: float = 1e-6, atol: float = 1e-8,
             max_abs: float = 1e6, step_size=None, tol=None, rate_tol=None,
             max_iter: int = 50, require_plastic=("W",), end_state: bool = True,
-            gate_samples: int = 4) -> Presentation:
+            gate_samples: int = 4, integrator: Integrator | None = None) -> Presentation:
     """Show the batch ``x`` with teaching ``target`` for ``schedule``; return the new weights.
 
     Parameters
@@ -120,6 +121,9 @@ def present(model: NetworkModel, x, target, schedule: Schedule, mode: str = "qua
         |lambda|max`` must stay inside the method's real stability interval (heun3 2.51,
         rk4 2.79, midpoint 2), ``|lambda|max`` from :func:`~dendrite_sim.spectrum` at the
         forward pass (digits: 1.59 / tau; docs/derivations.md §8).
+    integrator : an :class:`~dendrite_sim.dynamics.integrators.Integrator` built once (e.g.
+        from a configuration's ``[solver]``); it replaces ``method, rtol, atol, step_size,
+        max_abs``, which otherwise build one.
     tol, max_iter : equilibrium settings of :func:`fixed_point` (quasi-static mode); ``tol``
         defaults to 1e-10 (float64) or 1e-5 (float32).
     rate_tol : tolerance of an equilibrium that only sets the rates of a phase training
@@ -143,25 +147,19 @@ def present(model: NetworkModel, x, target, schedule: Schedule, mode: str = "qua
     if not isinstance(schedule, Schedule):
         raise ValueError(f"schedule must be a Schedule; got {type(schedule).__name__}")
     schedule.check_model(model, require_plastic)
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}; got {method!r}")
-    check_range("rtol", rtol, low=0.0, low_open=True)
-    check_range("atol", atol, low=0.0, low_open=True)
-    check_range("max_abs", max_abs, low=0.0, low_open=True)
-    if step_size is not None:
-        check_range("step_size", step_size, low=0.0, low_open=True)
+    if integrator is None:
+        integrator = Integrator(method, rtol, atol, step_size, max_abs=max_abs)
+    elif not isinstance(integrator, Integrator):
+        raise ValueError(f"integrator must be an Integrator; got {type(integrator).__name__}")
     tol = default_tol(model.dtype) if tol is None else \
         check_range("tol", tol, low=0.0, low_open=True)
     rate_tol = max(tol, min(1e-3, math.sqrt(tol))) if rate_tol is None else \
         check_range("rate_tol", rate_tol, low=tol)
-    if method in FIXED_STEP and step_size is None:
-        raise ValueError(f"method {method!r} is fixed-step: give step_size > 0")
     params = model.params if params is None or params is model.params else \
         model.check_params(params)
     model.drive(x, target)  # validates x and target against the model (its ValueError)
     if mode == "coupled":
-        return _coupled(model, x, target, schedule, params, method, rtol, atol, max_abs,
-                        step_size)
+        return _coupled(model, x, target, schedule, params, integrator)
     return _quasi_static(model, x, target, schedule, params, tol, rate_tol, max_iter,
                          end_state, gate_samples)
 
@@ -169,7 +167,7 @@ def present(model: NetworkModel, x, target, schedule: Schedule, mode: str = "qua
 # ----------------------------------------------------------------------------------------------
 # coupled mode
 # ----------------------------------------------------------------------------------------------
-def _coupled(model, x, target, schedule, params, method, rtol, atol, max_abs, step_size):
+def _coupled(model, x, target, schedule, params, integrator):
     base = model.drive(x, target)
     y = model.initial_state(base, model.prepare(params))
     states, nfev, t0 = {}, 0, 0.0
@@ -178,10 +176,8 @@ def _coupled(model, x, target, schedule, params, method, rtol, atol, max_abs, st
         if t0 > 0:                                   # the gates switch: the model may jump
             y = model.jump(t0, y, drive, model.prepare(params))
         t = torch.tensor([t0, t0 + phase.duration], dtype=model.dtype, device=model.device)
-        ys, final, count = integrate_drive(model, drive, t, y, params, method=method,
-                                           rtol=rtol, atol=atol, step_size=step_size,
-                                           plastic=_plastic_groups(model, phase, params),
-                                           max_abs=max_abs)
+        ys, final, count = integrate_drive(model, drive, t, y, params, integrator=integrator,
+                                           plastic=_plastic_groups(model, phase, params))
         params = params if final is None else final
         y, nfev, t0 = ys[-1], nfev + count, t0 + phase.duration
         states[phase.name] = y
