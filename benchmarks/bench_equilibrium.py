@@ -28,11 +28,23 @@ environment to pin the thread count (never ``torch.set_num_threads``, SPEC §5b)
 
     OMP_NUM_THREADS=1 python benchmarks/bench_equilibrium.py            # ~10 minutes
     OMP_NUM_THREADS=1 python benchmarks/bench_equilibrium.py --quick    # ~10 seconds
+
+A third part (``--against REV``, e.g. the commit before a change of ``equilibrium.py``)
+times ``fixed_point(auto)`` of the working tree against ``fixed_point`` of
+``dendrite_sim/dynamics/equilibrium.py`` as of ``REV`` (loaded from git into a module of
+its own), interleaved in the same run, on the tanh setting above and on leaky ReLU
+(``slope`` 0.2, mu 0.1), and prints the ratio leaky ReLU / tanh::
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_equilibrium.py --quick --against 5ebbffc
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import torch
 from torchdiffeq import odeint
@@ -174,6 +186,48 @@ def bench_spectrum(width, layers, reps):
           f"({100 * et / (jt + et):4.1f} %)   max Re = {float(ev.real.max()):.4f}")
 
 
+def load_revision(rev):
+    """``fixed_point`` of ``dendrite_sim/dynamics/equilibrium.py`` at git revision ``rev``."""
+    root = Path(__file__).resolve().parents[1]
+    source = subprocess.run(["git", "show", f"{rev}:dendrite_sim/dynamics/equilibrium.py"],
+                            cwd=root, check=True, capture_output=True, text=True).stdout
+    spec = importlib.util.spec_from_loader(f"equilibrium_{rev}", loader=None)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    exec(compile(source, f"equilibrium@{rev}", "exec"), module.__dict__)
+    return module.fixed_point
+
+
+def bench_against(rev, n, batch, reps, tol):
+    """Best-of-``reps`` seconds of ``fixed_point(auto)`` now and at ``rev``, tanh and leaky
+    ReLU, float32 and float64; ratios now / then and leaky / tanh."""
+    old = load_revision(rev)
+    print(f"\n[fixed_point(auto) now vs {rev}: {n} x 5 layers, batch {batch}, tol {tol:g}, "
+          f"best of {reps}]")
+    print(f"{'setting':28s} {'now s':>8s} {'then s':>8s} {'now/then':>9s} {'nfev now':>9s} "
+          f"{'conv now':>9s}")
+    for dtype in (torch.float32, torch.float64):
+        seconds = {}
+        for transfer in ("tanh", "leaky_relu"):
+            model, x, target = problem(n, dtype, batch, transfer, "learned")
+            if transfer == "leaky_relu":
+                model.slope = 0.2
+            best = {"now": float("inf"), "then": float("inf")}
+            for _ in range(reps):
+                for name, solve in (("now", ds.fixed_point), ("then", old)):
+                    start = time.perf_counter()
+                    eq = solve(model, x, target, tol=tol)
+                    best[name] = min(best[name], time.perf_counter() - start)
+                    if name == "now":
+                        nfev, conv = eq.nfev, int(eq.converged.sum())
+            seconds[transfer] = best["now"]
+            label = f"{transfer}, {str(dtype).replace('torch.', '')}"
+            print(f"{label:28s} {best['now']:8.3f} {best['then']:8.3f} "
+                  f"{best['now'] / best['then']:9.2f} {nfev:9d} {conv:9d}")
+        print(f"leaky_relu / tanh ({str(dtype).replace('torch.', '')}): "
+              f"{seconds['leaky_relu'] / seconds['tanh']:.1f}x")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true",
@@ -191,6 +245,8 @@ def main(argv=None):
                         help="largest N for which dense Newton is timed")
     parser.add_argument("--spectrum", type=int, nargs=2, default=[512, 8],
                         metavar=("WIDTH", "LAYERS"), help="0 0 to skip")
+    parser.add_argument("--against", default=None, metavar="REV",
+                        help="also time fixed_point against equilibrium.py at git REV")
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes, args.batch, args.reps, args.spectrum = [64], 64, 1, [256, 4]
@@ -208,6 +264,8 @@ def main(argv=None):
             print_table(n, dtype, N, best, args.batch)
     if args.spectrum[0] > 0:
         bench_spectrum(args.spectrum[0], args.spectrum[1], 1 if args.quick else 2)
+    if args.against:
+        bench_against(args.against, args.sizes[0], args.batch, max(args.reps, 3), args.tol)
 
 
 if __name__ == "__main__":

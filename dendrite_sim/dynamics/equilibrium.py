@@ -171,9 +171,29 @@ class Equilibrium:
     method: str
     used_fallback: bool
     tol: float
-    leading_eigenvalue: torch.Tensor | None = None
-    reason: tuple = ()
     seconds: float = 0.0
+    _lead: torch.Tensor | None = dataclasses.field(default=None, repr=False)
+    _why: tuple = dataclasses.field(default=(), repr=False)
+    _spent: bool = dataclasses.field(default=False, repr=False)
+    _estimate: object = dataclasses.field(default=None, repr=False)
+
+    @property
+    def leading_eigenvalue(self) -> torch.Tensor:
+        """(B,) computed at once for ``N <= dense_limit``; above, by Arnoldi on first access
+        (NaN where not converged)."""
+        if self._lead is None:
+            self._lead = self._estimate()
+        return self._lead
+
+    @property
+    def reason(self) -> tuple:
+        out = []
+        for b, why in enumerate(self._why or [""] * self.y.shape[0]):
+            if bool(self.converged[b]):
+                out.append("unstable" if not bool(self.leading_eigenvalue[b] < 0) else why)
+            else:
+                out.append(why or ("budget" if self._spent else "stalled"))
+        return tuple(out)
 
     @property
     def layers(self) -> list[torch.Tensor]:
@@ -779,7 +799,7 @@ def solve_equilibrium(model: NetworkModel, drive: Drive, y: torch.Tensor, params
         res = _norm(F)
         lead = _stability(residual, y, res <= tol, contracted, dense, solver.arnoldi_steps)
         attempt = _Attempt(y, res, lead, contracted)
-        pending = attempt.pending(tol, solver.basin)
+        pending = attempt.pending(tol, solver.basin if dense else "any")
         used_fallback = bool(pending.any())
         if used_fallback:
             more, ran_more = _settle_and_polish(residual, params, attempt, start, pending,
@@ -793,20 +813,34 @@ def solve_equilibrium(model: NetworkModel, drive: Drive, y: torch.Tensor, params
                 ran += [name for name in ran_more if name not in ran]
     label = "+".join(ran or plan[:1] or ("integrate",))
     converged = attempt.res <= tol
+    seconds, spent = residual.tally.seconds, residual.spent
+    lead = attempt.lead if dense else None
+    steps = solver.arnoldi_steps
+
+    def estimate():
+        with torch.no_grad():
+            return _stability(residual, attempt.y, converged, torch.zeros_like(converged),
+                              True, steps, dense=False)
     return Equilibrium(attempt.y, model, attempt.res, converged, iterations, residual.nfev,
-                       label, used_fallback, tol, attempt.lead,
-                       attempt.reasons(converged, residual.spent), residual.tally.seconds)
+                       label, used_fallback, tol, seconds, lead, tuple(attempt.why), spent,
+                       estimate)
 
 
-def _stability(residual, y, converged, contracted, dense, steps):
+def _stability(residual, y, converged, contracted, eager, steps, dense=None):
     """Leading eigenvalue (real part) at the converged examples (NaN elsewhere). Examples that
     Anderson's plain relaxation map took to the root, shrinking the residual at every step,
     are at an attracting fixed point of the map: for the Picard map ``y + T F(y)`` the
     spectral radius of ``I + T J`` is below 1, so every eigenvalue of ``T J`` has negative
     real part (and of ``J`` when the time constants are equal). Their eigenvalue is then
-    estimated only when ``dense`` (cheap), else left at ``-inf`` (stable, not estimated), so
-    that the fast path costs nothing more."""
+    estimated only when ``dense`` (cheap), else left at ``-inf`` (stable, not estimated).
+    Not ``eager`` (``N > dense_limit``): nothing is computed here (NaN), the Arnoldi estimate
+    waits for the first access to ``Equilibrium.leading_eigenvalue`` so that the fast path
+    costs nothing more (measured: 20 Arnoldi steps made ``fixed_point`` 12-15x slower on
+    the benchmark's tanh network, where Anderson needs ~10 evaluations)."""
     lead = torch.full(y.shape[:1], float("nan"), dtype=y.dtype, device=y.device)
+    dense = eager if dense is None else dense
+    if not eager:                     # estimated later, on access (Equilibrium)
+        return lead
     if not dense:
         lead = torch.where(contracted, -math.inf, lead)
         converged = converged & ~contracted
@@ -831,15 +865,6 @@ class _Attempt:
         if basin == "reached":
             todo |= ~(self.lead < 0)
         return todo
-
-    def reasons(self, converged, spent) -> tuple:
-        out = []
-        for b, why in enumerate(self.why):
-            if bool(converged[b]):
-                out.append("unstable" if not bool(self.lead[b] < 0) else why)
-            else:
-                out.append(why or ("budget" if spent else "stalled"))
-        return tuple(out)
 
 
 def _settle_and_polish(residual, params, attempt, start, pending, tol, solver, step, dense,
@@ -932,8 +957,8 @@ def _polish(sub, attempt, rows, ends, F_end, tol, solver, polish, step, dense, r
                                                  polish, step, sub.model.time_scale)
     res = _norm(Fa)
     lead = _stability(sub, ya, res <= tol, contracted, dense, solver.arnoldi_steps)
-    done = (res <= tol) & ((lead < 0) | (solver.basin == "any"))
-    if solver.basin == "reached":                  # the attractor of this stretch's end
+    done = (res <= tol) & ((lead < 0) | (solver.basin == "any") | (not dense))
+    if solver.basin == "reached" and dense:        # the attractor of this stretch's end
         done &= _norm(ya - ends) <= reach * _norm(F_end) / lead.abs() + math.sqrt(tol)
     old = attempt.res[rows]          # else keep a root; a rejected root is another basin's
     better = done | (~(old <= tol) & (res < old) & ~(res <= tol))
