@@ -19,10 +19,12 @@ from dendrite_sim.dynamics.spectral import Jacobian, Spectrum, jacobian, spectru
 from dendrite_sim.dynamics.teaching import Clamp, Free, Nudge
 from dendrite_sim.dynamics.transfer import make_transfer
 
+import sys
+
 from dendrite_sim import _moved
 
 __version__ = "0.1.0"
-_moved.install()
+_moved.install(sys.modules[__name__])
 
 
 def __getattr__(name):

@@ -7,6 +7,7 @@ import importlib
 import importlib.abc
 import importlib.util
 import sys
+import types
 
 MOVED = {
     "model": "dynamics.model", "layout": "dynamics.layout", "teaching": "dynamics.teaching",
@@ -35,6 +36,20 @@ class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         """The new module is already executed."""
 
 
-def install() -> None:
+class _Package(types.ModuleType):
+    """The ``dendrite_sim`` package: importing an old module path (``import
+    dendrite_sim.continuation``) makes Python bind the module as an attribute of the package;
+    where a verb has that name (``dendrite_sim.continuation``) the verb is kept."""
+
+    def __setattr__(self, name, value):
+        if name in MOVED and isinstance(value, types.ModuleType) \
+                and callable(self.__dict__.get(name)):
+            return
+        super().__setattr__(name, value)
+
+
+def install(package: types.ModuleType) -> None:
+    """Make the old module paths importable, and keep ``package``'s verbs bound."""
     if not any(isinstance(f, _MovedModules) for f in sys.meta_path):
         sys.meta_path.append(_MovedModules())
+    package.__class__ = _Package

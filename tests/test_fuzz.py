@@ -301,17 +301,10 @@ WRONG_SHAPE = {"W": [torch.zeros(3, 2, dtype=F64), torch.zeros(2, 2, dtype=F64)]
                "b": [None, None], "Q": [torch.zeros(2, 2, dtype=F64)]}
 
 
-@pytest.mark.parametrize("verb", ["jacobian", "continuation", "simulate", "present"])
+@pytest.mark.parametrize("verb", ["jacobian", "continuation", "simulate", "present",
+                                  "fixed_point"])
 def test_verbs_validate_params(verb):
     with pytest.raises(ValueError, match=r"params\['W'\]\[0\] must have shape \(2, 2\)"):
-        _verb(verb)(WRONG_SHAPE)
-
-
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="equilibrium.py does not call model.check_params at its entry yet")
-@pytest.mark.parametrize("verb", ["fixed_point"])
-def test_verbs_validate_params_pending(verb):
-    with pytest.raises(ValueError, match=r"params\['W'\]\[0\] must have shape"):
         _verb(verb)(WRONG_SHAPE)
 
 

@@ -80,7 +80,7 @@ def test_custom_phases_and_breakpoints():
     (dict(name="x", duration=1.0, trace="yes"), "trace"),
 ])
 def test_phase_validation(kwargs, word):
-    with pytest.raises(ValueError, match=word):
+    with pytest.raises((ValueError, TypeError), match=word):
         Phase(**kwargs)
 
 

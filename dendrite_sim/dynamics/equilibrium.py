@@ -759,7 +759,7 @@ def fixed_point(model: NetworkModel, x, target=None, *, y0=None, tol=None, max_i
         raise ValueError(f"solver must be an EquilibriumSolver; got {type(solver).__name__}")
     solver = dataclasses.replace(solver, **changed, **settings)
     drive = model.drive(x, target, _as_gates(gates))
-    params = model.params if params is None else params
+    params = model.check_params(params)
     prepared = model.prepare(params)
     y = model.initial_state(drive, prepared) if y0 is None else \
         model.check_state(y0, drive.batch_size)
