@@ -596,7 +596,7 @@ def test_coupled_learning_phase_grows_exponentially():
     W0 = fast.W[0]
     coupled = present(fast, x, Nudge(y, "mse", eta_hat), sched, mode="coupled", rtol=1e-9,
                       atol=1e-12)
-    quasi = present(fast, x, Nudge(y, "mse", eta_hat), sched)
+    quasi = present(fast, x, Nudge(y, "mse", eta_hat), sched, transient=False)
     X = x.numpy()
     c = (1 - mu) / (1 - mu + mu * eta_hat)
     z = X @ W0.numpy().T                                          # free equilibrium: f(x)

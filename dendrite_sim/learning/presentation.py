@@ -65,12 +65,13 @@ from dataclasses import dataclass
 import torch
 
 from dendrite_sim.dynamics.equilibrium import default_tol, solve_equilibrium
-from dendrite_sim.errors import NumericalError, all_finite, check_range
+from dendrite_sim.errors import NumericalError, all_finite, check_bool, check_range
 from dendrite_sim.dynamics.integrate import integrate_drive
 from dendrite_sim.dynamics.integrators import Integrator
 from dendrite_sim.dynamics.layout import Layout
 from dendrite_sim.dynamics.model import Drive, NetworkModel
 from dendrite_sim.learning.schedule import Schedule
+from dendrite_sim.learning.transient import transient_rates
 
 __all__ = ["present", "Presentation", "Frozen", "frozen_variables", "MODES"]
 
@@ -102,7 +103,8 @@ def present(model: NetworkModel, x, target, schedule: Schedule, mode: str = "qua
             params=None, *, method: str = "dopri5", rtol: float = 1e-6, atol: float = 1e-8,
             max_abs: float = 1e6, step_size=None, tol=None, rate_tol=None,
             max_iter: int = 50, require_plastic=("W",), end_state: bool = True,
-            gate_samples: int = 4, integrator: Integrator | None = None) -> Presentation:
+            gate_samples: int = 4, integrator: Integrator | None = None,
+            transient: bool = True) -> Presentation:
     """Show the batch ``x`` with teaching ``target`` for ``schedule``; return the new weights.
 
     Parameters
@@ -161,7 +163,7 @@ def present(model: NetworkModel, x, target, schedule: Schedule, mode: str = "qua
     if mode == "coupled":
         return _coupled(model, x, target, schedule, params, integrator)
     return _quasi_static(model, x, target, schedule, params, tol, rate_tol, max_iter,
-                         end_state, gate_samples)
+                         end_state, gate_samples, check_bool("transient", transient))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -246,7 +248,7 @@ def _constant(gates: dict):
 
 
 def _quasi_static(model, x, target, schedule, params, tol, rate_tol, max_iter, end_state,
-                  gate_samples):
+                  gate_samples, transient):
     params = _copy_params(params)
     base = model.drive(x, target)                        # validated once
     prepared = model.prepare(params)                     # again whenever the weights move
@@ -273,8 +275,12 @@ def _quasi_static(model, x, target, schedule, params, tol, rate_tol, max_iter, e
             nfev, converged, worst = _tally(eq, phase, nfev, converged, worst, final=not coarse)
         else:        # solved with the previous piece's re-solve; the held blocks are y's
             y_star, ahead = (view.embed(view.restrict(ahead)) if held else ahead), None
+        start = y
         y, y_mean = _relax_slow(model, drive, prepared, y_star, slow, t0, piece.duration)
-        rates = model.plasticity(t0, y_mean, drive, prepared)
+        rates = transient_rates(model, view, drive, prepared, t0, start, y_star, y_mean,
+                                piece.duration, rate_tol) \
+            if transient and _plastic_groups(model, phase, params) else \
+            model.plasticity(t0, y_mean, drive, prepared)
         params = _euler_step(model, params, rates, piece.duration)
         last = k == len(pieces) - 1
         if last and not end_state:
