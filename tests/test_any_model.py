@@ -83,12 +83,14 @@ def test_present_moves_the_top_weights_toward_the_target(mode):
     after = float(((model.forward(pres.params, x) - y) ** 2).sum())
     assert after < before
     assert set(pres.params) == {"A"}
-    if mode == "coupled":   # the top layer's change is the quasi-static one, but for the
-        # transient from the zero state (issue 13); the hidden layers learn only from it
+    if mode == "coupled":   # the hidden layers learn only from the transient from the zero
+        # state, which the quasi-static step takes to first order (issue 13; measured 18 and
+        # 16 % from coupled, nonlinear remainder) and the plain step leaves out
         quasi = present(model, x, y, schedule, mode="quasi_static")
-        a, b, a0 = pres.params["A"][-1], quasi.params["A"][-1], model.params["A"][-1]
-        assert float((a - b).norm()) < 0.3 * float((b - a0).norm())
-        torch.testing.assert_close(quasi.params["A"][0], model.params["A"][0])
+        for a, b, a0 in zip(pres.params["A"], quasi.params["A"], model.params["A"]):
+            assert float((a - b).norm()) < 0.3 * float((a - a0).norm())
+        plain = present(model, x, y, schedule, mode="quasi_static", transient=False)
+        torch.testing.assert_close(plain.params["A"][0], model.params["A"][0])
 
 
 def test_train_with_backprop_baseline_and_diagnostics(tmp_path):
