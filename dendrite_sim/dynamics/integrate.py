@@ -11,12 +11,9 @@ flat vector with torchdiffeq's error norm of a tuple, the largest root-mean-squa
 parts; the weights are shared by every example of the batch (their rates are batch averages).
 A weight enters the state as its displacement from its value at the start of the segment, so
 a step adds the small change to a small number; adding it to the weight itself loses the
-change's digits below the weight's float32 resolution. Measured, float32 against float64
-weight changes of one presentation on the digits two-phase network at 2e-4 of the training
-rates: ``W_1..3`` 34 / 7 / 6 % off and ``Q_1, Q_2`` 400 / 73 % off with the weights as state,
-1.9 / 0.4 / 0.3 % and 22 / 2.9 % with displacements (the rest is the float32 activity;
-``tests/test_integrate.py`` checks a small case, 0.23 against 0.018). The error control is
-unchanged: each displacement's absolute tolerance is ``atol + rtol |theta_0|``.
+change's digits below the weight's float32 resolution (the float32 errors of both choices are
+in ``docs/report.md``; ``tests/test_integrate.py`` checks them). Each displacement's absolute
+tolerance is ``atol + rtol |theta_0|``.
 
 Gate switches (``drive.breakpoints``) split the integration into segments that restart at the
 switch, and within a segment gates are read at times clamped to it (:meth:`Drive.within`), so

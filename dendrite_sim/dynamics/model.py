@@ -226,8 +226,8 @@ class NetworkModel:
         """Optional: :meth:`relaxation` of the activity from its own columns ``h`` ``(B, n)``
         alone, for a model whose activity does not read its ``slow_variables``. A
         :class:`~dendrite_sim.learning.Frozen` view that holds only those variables then
-        skips assembling the full state at every iteration (a fifth of a layer sweep's time
-        on the digits network). Default ``None``: not available."""
+        skips assembling the full state at every iteration. Default ``None``: not
+        available."""
         return None
 
     def slow_relaxation(self, t, y: torch.Tensor, drive: Drive):

@@ -36,7 +36,7 @@ class MixingNetwork(NetworkModel):
     gates = {"teach": 1.0, "plastic_W": 1.0, "plastic_Q": 1.0}
     forward_params = ("W", "b")
     picard_relaxation = False   # the layer sweep
-    relaxation_factor = 1.15    # over-relaxed sweeps: ~20 % fewer on digits (derivations §7)
+    relaxation_factor = 1.15    # over-relaxed sweeps (SOR; docs/derivations.md §7)
     gates_per_example = True    # gates enter as factors of the teaching signal and rates
     # (6.26)/(6.37) read the reconstruction error g_i(h_{i+1}) - h_i, of the activity's size;
     # (6.17)/(6.35) read differences of order mu * eta_hat and need the full tolerance
@@ -225,8 +225,7 @@ class MixingNetwork(NetworkModel):
         every layer with both neighbours' old errors; the sweep feeds each layer the new value
         below it, so the forward (``1-mu``) part of the error is cleared in one sweep and only
         the feedback (``mu``) part lags. With the output short-circuited (``teach`` off) the top
-        layer's own equation is solved exactly (:meth:`_output_update`; 4 % fewer sweeps on the
-        digits network).
+        layer's own equation is solved exactly (:meth:`_output_update`).
         """
         h, teach = list(h), drive.gate("teach", t)
         for i in range(1, self.depth + 1):
