@@ -666,6 +666,7 @@ def _check_values(cfg: dict) -> None:
     if tr["mode"] not in MODES:
         raise ConfigError(f"training.mode must be one of {list(MODES)}; got {tr['mode']!r}")
     build_integrator(cfg)
+    build_equilibrium_solver(cfg)
     from dendrite_sim.dynamics.teaching import LOSSES
     if tr["loss"] not in LOSSES:
         raise ConfigError(f"training.loss must be one of {list(LOSSES)}; got {tr['loss']!r}")
@@ -824,6 +825,26 @@ def build_integrator(cfg: dict):
         message = str(err)
         key = next((k for k in INTEGRATOR_KEYS if message.startswith(k)), None)
         raise ConfigError(f"solver.{message}" if key else f"[solver]: {message}") from None
+
+
+EQUILIBRIUM_KEYS = {"equilibrium": "method", "tol": "tol", "rate_tol": "rate_tol",
+                    "max_iter": "max_iter", "dense_limit": "dense_limit"}
+
+
+def build_equilibrium_solver(cfg: dict):
+    """The :class:`~dendrite_sim.dynamics.equilibrium.EquilibriumSolver` of the ``[solver]``
+    section (``equilibrium`` is its method), validated once; a bad value is a
+    ``ConfigError`` naming ``solver.<key>``."""
+    from dendrite_sim.dynamics.equilibrium import EquilibriumSolver
+    s = cfg["solver"]
+    fields = {field: s[key] for key, field in EQUILIBRIUM_KEYS.items() if s.get(key) is not None}
+    try:
+        return EquilibriumSolver(**fields)
+    except (TypeError, ValueError) as err:
+        message = str(err)
+        key = next((k for k, f in EQUILIBRIUM_KEYS.items() if message.startswith(f)), None)
+        raise ConfigError(f"solver.{key}{message[len(EQUILIBRIUM_KEYS[key]):]}" if key
+                          else f"[solver]: {message}") from None
 
 
 def learner_options(cfg: dict) -> tuple[dict, dict]:
