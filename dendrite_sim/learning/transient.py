@@ -50,23 +50,13 @@ def transient_rates(model, view, drive, prepared, t, start, y_star, y_mean, dura
     """
     delta = transient_integral(model, view, drive, prepared, t, start, y_star, duration,
                                rel_tol)
-    layout = []
-
-    def flat(y):
-        rates = model.plasticity(t, y, drive, prepared)
-        layout[:] = [(name, [r is not None for r in rs]) for name, rs in rates.items()]
-        # the state itself last: jvp wants an output even where every rate is None
-        return tuple(r for rs in rates.values() for r in rs if r is not None) + (y,)
-
-    with torch.no_grad():
-        rates, changes = torch.func.jvp(flat, (y_mean,), (delta,))
-    out, k = {}, 0
-    for name, present in layout:
-        out[name] = []
-        for there in present:
-            out[name].append(torch.add(rates[k], changes[k], alpha=1.0 / duration)
-                             if there else None)
-            k += there
+    base = model.plasticity(t, y_mean, drive, prepared)
+    up, down = _central(lambda y: model.plasticity(t, y, drive, prepared), y_mean, delta)
+    step = 1.0 / (2.0 * duration)
+    out = {}
+    for name, rates in base.items():
+        out[name] = [None if r is None else r + step * (a - b)
+                     for r, a, b in zip(rates, up[name], down[name])]
     return out
 
 
@@ -101,15 +91,18 @@ def _response(view, drive, prepared, t, h_star, gap, rel_tol):
         return out
 
     def matvec(v):
-        return torch.func.jvp(lambda u: view.field(t, u, drive, prepared), (h_star,), (v,))[1]
+        up, down = _central(lambda u: view.field(t, u, drive, prepared), h_star, v)
+        return (up - down) / 2.0
 
     with torch.no_grad():
         out = _batched_gmres(matvec, -gap, rel_tol)
         residual = (matvec(out) + gap).norm(dim=-1)
-    if not all_finite(out) or bool((residual > 10 * rel_tol * gap.norm(dim=-1)).any()):
-        raise NumericalError(f"quasi-static transient: GMRES did not reach the relative "
-                             f"residual {rel_tol:g} (worst {float(residual.max()):.3g} in "
-                             f"absolute terms); is the phase's equilibrium stable?")
+    # the recomputed residual carries the differences' rounding (float32: ~1e-4 relative),
+    # so the check is loose: it catches a failed solve (an unstable or singular Jacobian)
+    if not all_finite(out) or bool((residual > 0.1 * gap.norm(dim=-1)).any()):
+        raise NumericalError(f"quasi-static transient: GMRES left a relative residual above "
+                             f"0.1 (worst absolute {float(residual.max()):.3g}; asked "
+                             f"{rel_tol:g}); is the phase's equilibrium stable?")
     return out
 
 
@@ -117,9 +110,8 @@ def _slow_response(model, drive, prepared, t, y_star, delta, slow, duration):
     """(10.4): ``T phi_1(-kT) D_y F_v [delta]`` in the columns of each slow variable ``v``
     (``F_v`` its rate, ``k`` its relaxation rate), 0 elsewhere. Exact for the linear trace
     when ``kT >> 1`` or ``k = 0``; for ``0 < kT ~ 1`` to relative order ``k tau``."""
-    with torch.no_grad():
-        pulled = torch.func.jvp(lambda y: model.rates(t, y, drive, prepared, slow),
-                                (y_star,), (delta,))[1]
+    up, down = _central(lambda y: model.rates(t, y, drive, prepared, slow), y_star, delta)
+    pulled = (up - down) / 2.0
     out, col = torch.zeros_like(delta), 0
     declared = model.slow_relaxation(t, y_star, drive)
     for v in model.layout.variables:
@@ -132,6 +124,29 @@ def _slow_response(model, drive, prepared, t, y_star, delta, slow, duration):
         out[:, sl] = _integrated_response(k, duration) * pulled[:, col:col + width]
         col += width
     return out
+
+
+def _central(f, y, v):
+    """``f(y + e v) / e`` and ``f(y - e v) / e`` (any nest of dicts and lists of tensors or
+    ``None``): ``(up - down) / 2`` is the directional derivative ``D f(y)[v]`` by central
+    differences, truncation error ``O(e^2)``, ``e = eps^(1/3) (1 + max|y|) / max|v|`` (relative
+    error ~1e-5 in float32, ~1e-10 in float64). A central difference costs two evaluations;
+    ``torch.func.jvp`` of these fields costs 6-20 (digits network, batch 32)."""
+    scale = float(v.abs().max())
+    if scale == 0.0:
+        e = 1.0
+    else:
+        e = torch.finfo(y.dtype).eps ** (1.0 / 3.0) * (1.0 + float(y.abs().max())) / scale
+    with torch.no_grad():
+        return _scaled(f(y + e * v), 1.0 / e), _scaled(f(y - e * v), 1.0 / e)
+
+
+def _scaled(value, factor):
+    if isinstance(value, dict):
+        return {k: _scaled(v, factor) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_scaled(v, factor) for v in value]
+    return None if value is None else value * factor
 
 
 def _probed_rate(model, drive, prepared, t, y, v, sl):
