@@ -19,7 +19,11 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
+import functools
+import inspect
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -33,15 +37,23 @@ from dendrite_sim.learning.learners import learner_class, learner_names
 from dendrite_sim.learning.loop import train
 from dendrite_sim.models import TwoPhaseDTP
 
-#: data set -> (loader kwargs, network, loss, epochs, batch size)
+#: data set -> loader kwargs, network, loss, epochs, batch size, and the budget of the
+#: continuous-time models (epochs, training examples: None = all), measured to fit ~12 minutes
+#: of one core per data set with 3 seeds (fashion_mnist: one seed); ``lr_scale`` multiplies the
+#: learners' ``lr`` and ``lr_inv`` (the rates of OPTIONS diverge with the mse loss)
 DATASETS = {
-    "digits": (dict(), dict(sizes=[64, 64, 10], transfer="leaky_relu"), "cross_entropy", 40, 32),
-    "mnist1d": (dict(), dict(sizes=[40, 100, 100, 10], transfer="leaky_relu"), "cross_entropy",
-                20, 32),
-    "teacher_student": (dict(), dict(sizes=[6, 6, 6], transfer=["leaky_relu", "identity"]),
-                        "mse", 10, 1),
-    "fashion_mnist": (dict(n_train=10000, n_test=2000), dict(sizes=[784, 256, 10],
-                      transfer="leaky_relu"), "cross_entropy", 5, 32),
+    "digits": dict(loader=dict(), network=dict(sizes=[64, 64, 10], transfer="leaky_relu"),
+                   loss="cross_entropy", epochs=40, batch=32, model_epochs=3, model_train=None),
+    "mnist1d": dict(loader=dict(), network=dict(sizes=[40, 100, 100, 10], transfer="leaky_relu"),
+                    loss="cross_entropy", epochs=10, batch=32, model_epochs=2, model_train=1000),
+    "teacher_student": dict(loader=dict(), network=dict(sizes=[6, 6, 6],
+                            transfer=["leaky_relu", "identity"]),
+                            loss="mse", epochs=40, batch=32, model_epochs=2, model_train=320,
+                            lr_scale=0.1),
+    "fashion_mnist": dict(loader=dict(n_train=2000, n_test=1000),
+                          network=dict(sizes=[784, 256, 10], transfer="leaky_relu"),
+                          loss="cross_entropy", epochs=3, batch=32, model_epochs=1,
+                          model_train=500),
 }
 
 #: learner -> options (besides loss); measured choices, docs/discrete.md
@@ -57,13 +69,28 @@ OPTIONS = {
     "dtp_lee": dict(lr=0.003, lr_inv=0.003),
     "gtp": dict(lr=0.1, tau=0.5),
 }
-#: continuous-time models: epochs are expensive, so fewer (the column says how many)
-MODEL_EPOCHS = 3
+#: learners of Bengio (2020) on the network of ``CDTP`` (``f_l = W_l sigma(h_{l-1})``)
+CDTP_LEARNERS = ("bengio_alg1", "bengio_dtp")
+REPORT = Path(__file__).resolve().parents[1] / "docs" / "comparison.md"
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def hidden_transfer(network) -> str:
+    transfer = network["transfer"]
+    return transfer if isinstance(transfer, str) else transfer[0]
 
 
 def reference_network(network, seed):
     return TwoPhaseDTP(network["sizes"], transfer=network["transfer"], slope=0.3, bias=True,
                        seed=seed, dtype=torch.float32)
+
+
+def cdtp_network(network, seed):
+    """Bengio's network with the same sizes, seed and hidden non-linearity (its output layer
+    is linear: ``a_L = W_L sigma(a_{L-1})``)."""
+    from dendrite_sim.models.cdtp import CDTP
+    return CDTP(network["sizes"], sigma=hidden_transfer(network), slope=0.3, seed=seed,
+                dtype=torch.float32)
 
 
 def model_config(key) -> tuple[dict, dict]:
@@ -75,143 +102,303 @@ def model_config(key) -> tuple[dict, dict]:
         return {}, {}
     config = tomllib.loads(path.read_text())
     model = {k: v for k, v in config.get("model", {}).items()
-             if k not in ("name", "sizes", "seed", "dtype", "transfer")}
-    training = {k: v for k, v in config.get("training", {}).items() if k == "eta_hat"}
+             if k not in ("name", "sizes", "seed", "dtype", "transfer", "sigma")}
+    training = {k: v for k, v in config.get("training", {}).items()
+                if k in ("eta_hat", "mode")}
     return model, training
 
 
 def continuous_model(cls, key, network, seed):
+    """The model of ``key`` with the comparison's sizes, seed and transfer (``sigma`` for a
+    model that names it so), the rest from its configuration."""
     options, _ = model_config(key)
-    options.setdefault("slope", 0.3)
-    options.setdefault("bias", True)
-    return cls(sizes=network["sizes"], transfer=network["transfer"], seed=seed,
-               dtype=torch.float32, **options)
+    accepted = inspect.signature(cls).parameters
+    options = {k: v for k, v in options.items() if k in accepted}
+    for k, v in (("slope", 0.3), ("bias", True)):
+        if k in accepted:
+            options.setdefault(k, v)
+    if "transfer" in accepted:
+        options["transfer"] = network["transfer"]
+    elif "sigma" in accepted:
+        options["sigma"] = hidden_transfer(network)
+    return cls(sizes=network["sizes"], seed=seed, dtype=torch.float32, **options)
 
 
-def run_one(make, data, loss, epochs, batch, seed):
-    """``(metric, seconds)``: final test accuracy (or MSE) and training wall time."""
-    learner = make()
-    start = time.perf_counter()
-    hist = train(learner, data, epochs=epochs, batch_size=batch, seed=seed, progress=False,
-                 diagnostics_every=0, max_eval=2000)
-    seconds = time.perf_counter() - start
-    final = hist.final()
-    metric = final["test_accuracy"] if data.task == "classification" else 2 * final["test_loss"]
-    return float(metric), seconds
+def training_subset(data, n):
+    """The first ``n`` training examples (the loaders shuffle), the full test set."""
+    if n is None or n >= len(data.x_train):
+        return data
+    return dataclasses.replace(data, x_train=data.x_train[:n], y_train=data.y_train[:n])
 
 
-def rows_for(name, args):
-    loader_kwargs, network, loss, epochs, batch = DATASETS[name]
-    epochs = args.epochs or epochs
-    data = load_dataset(name, **loader_kwargs)
+@functools.lru_cache(maxsize=2)
+def cached_dataset(name):
+    return load_dataset(name, **DATASETS[name]["loader"])
+
+
+def make_learner(entry, kind, network, loss, seed, lr_scale=1.0):
+    if kind == "model":
+        key = entry.removesuffix(" (model budget)")
+        return learner_class("dendritic")(
+            continuous_model(model_registry()[key], key, network, seed), loss=loss,
+            **model_config(key)[1])
+    name = entry.removesuffix(" (model budget)")
+    model = cdtp_network(network, seed) if name in CDTP_LEARNERS else \
+        reference_network(network, seed)
+    options = {k: v * lr_scale if k in ("lr", "lr_inv") else v
+               for k, v in OPTIONS.get(name, {}).items()}
+    accepted = inspect.signature(learner_class(name)).parameters
+    if name in CDTP_LEARNERS:
+        options.update({k: v for k, v in (("transfer", hidden_transfer(network)),
+                                          ("slope", 0.3)) if k in accepted})
+    return learner_class(name)(model, loss=loss, **options)
+
+
+def run_cell(name, seed, entry, kind, epochs, n_train):
+    """One cell in this process (one torch thread): ``{"metric", "per_example"}`` (test
+    accuracy or MSE, training seconds per example seen) or ``{"error": one line}``."""
+    torch.set_num_threads(1)
+    spec = DATASETS[name]
+    data = training_subset(cached_dataset(name), n_train)
+    try:
+        learner = make_learner(entry, kind, spec["network"], spec["loss"], seed,
+                               spec.get("lr_scale", 1.0))
+        start = time.perf_counter()
+        hist = train(learner, data, epochs=epochs, batch_size=spec["batch"], seed=seed,
+                     progress=False, diagnostics_every=0, max_eval=2000)
+        seconds = time.perf_counter() - start
+        final = hist.final()
+        metric = final["test_accuracy"] if data.task == "classification" \
+            else 2 * final["test_loss"]
+        if not math.isfinite(metric):
+            raise FloatingPointError(f"test metric is {metric} (diverged)")
+    except Exception as err:      # reported in the table, never hidden
+        return {"error": f"{type(err).__name__}: {' '.join(str(err).split())}"}
+    return {"metric": float(metric), "per_example": seconds / (epochs * len(data.x_train)),
+            "epochs": epochs, "n_train": len(data.x_train)}
+
+
+def cells_for(name, args):
+    """``(name, seed, entry, kind, epochs, n_train)`` of every cell of one data set."""
+    spec = DATASETS[name]
+    epochs = args.epochs or spec["epochs"]
+    model_epochs = min(epochs, args.model_epochs or spec["model_epochs"])
     models = {}
     for key, cls in model_registry().items():
         models.setdefault(cls, key)
-    entries = [(n, "learner") for n in args.learners] + \
-        [(key, "model") for cls, key in models.items() if args.models is None or key in args.models]
-    results = {}
+    keys = [key for key in models.values() if args.models is None or key in args.models]
+    learners = ["backprop"] + [n for n in args.learners if n != "backprop"]
+    cells = []
     for seed in args.seeds:
-        base_time = None
-        for entry, kind in [("backprop", "learner")] + [e for e in entries if e[0] != "backprop"]:
-            if kind == "learner":
-                cls = learner_class(entry)
-                make = lambda: cls(reference_network(network, seed), loss=loss, **OPTIONS.get(entry, {}))
-                n_ep = epochs
-            else:
-                cls = model_registry()[entry]
-                make = lambda: learner_class("dendritic")(
-                    continuous_model(cls, entry, network, seed), loss=loss,
-                    **model_config(entry)[1])
-                n_ep = min(epochs, args.model_epochs)
-            try:
-                metric, seconds = run_one(make, data, loss, n_ep, batch, seed)
-                per_epoch = seconds / n_ep
-                base_time = per_epoch if entry == "backprop" else base_time
-                results.setdefault((entry, kind), []).append((metric, per_epoch / base_time,
-                                                              n_ep))
-            except Exception as err:      # reported in the table, never hidden
-                results.setdefault((entry, kind), []).append((f"{type(err).__name__}: {err}",))
-            print(f"{name} seed {seed} {entry}: {results[(entry, kind)][-1]}", file=sys.stderr)
+        cells += [(name, seed, n, "learner", epochs, None) for n in learners]
+        if keys:   # backprop on the models' budget: their reference point
+            cells.append((name, seed, "backprop (model budget)", "learner", model_epochs,
+                          spec["model_train"]))
+        cells += [(name, seed, k, "model", model_epochs, spec["model_train"]) for k in keys]
+    return cells
+
+
+def run_cells(cells, backend, workers):
+    """``{cell: answer}``, one after another or on a pool of ``workers`` processes (spawned,
+    one torch thread each, like the sweep runner's ``"processes"`` backend)."""
+    answers = {}
+    if backend == "serial":
+        for cell in cells:
+            answers[cell] = run_cell(*cell)
+            print(f"{cell}: {answers[cell]}", file=sys.stderr, flush=True)
+        return answers
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    with ProcessPoolExecutor(max_workers=workers,
+                             mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(run_cell, *cell): cell for cell in cells}
+        for future in as_completed(futures):
+            answers[futures[future]] = future.result()
+            print(f"{futures[future]}: {answers[futures[future]]}", file=sys.stderr, flush=True)
+    return answers
+
+
+def rows_from(cells, answers):
+    """One row per (data, entry): mean and std over seeds; time per example relative to
+    backprop (full budget) of the same seed."""
+    base = {(c[0], c[1]): answers[c]["per_example"] for c in cells
+            if c[2] == "backprop" and "per_example" in answers[c]}
+    groups = {}
+    for cell in cells:
+        groups.setdefault((cell[0], cell[2], cell[3]), []).append(cell)
     rows = []
-    for (entry, kind), values in results.items():
-        good = [v for v in values if len(v) == 3]
+    for (name, entry, kind), group in groups.items():
+        good = [c for c in group if "metric" in answers[c]]
+        task = "regression" if DATASETS[name]["loss"] == "mse" else "classification"
         row = {"data": name, "name": entry, "kind": kind, "seeds": len(good),
-               "metric": "accuracy" if data.task == "classification" else "test MSE"}
+               "metric": "accuracy" if task == "classification" else "test MSE",
+               "epochs": group[0][4], "n_train": "all" if group[0][5] is None else group[0][5]}
         if good:
-            m = np.array([v[0] for v in good])
-            t = np.array([v[1] for v in good])
+            m = np.array([answers[c]["metric"] for c in good])
+            t = [answers[c]["per_example"] / base[c[:2]] for c in good if c[:2] in base]
             row.update(mean=m.mean(), std=m.std(ddof=1) if len(m) > 1 else float("nan"),
-                       epochs=good[0][2], time_vs_backprop=t.mean(), note="")
+                       time_vs_backprop=float(np.mean(t)) if t else float("nan"),
+                       note="" if len(good) == len(group) else
+                       f"{len(group) - len(good)} seed(s) failed: "
+                       + next(answers[c]["error"] for c in group if "error" in answers[c])[:100])
         else:
-            row.update(mean=float("nan"), std=float("nan"), epochs=0,
-                       time_vs_backprop=float("nan"), note=values[0][0][:120])
+            row.update(mean=float("nan"), std=float("nan"), time_vs_backprop=float("nan"),
+                       note=answers[group[0]]["error"][:160])
         rows.append(row)
     return rows
 
 
+KEYS = ["data", "name", "kind", "metric", "mean", "std", "seeds", "epochs", "n_train",
+        "time_vs_backprop", "note"]
+HEADER = ["data", "learner / model", "kind", "metric", "mean", "std", "seeds", "epochs",
+          "training examples", "wall time per example / backprop", "note"]
+
+
+def markdown_table(rows) -> str:
+    def fmt(v):
+        if isinstance(v, float):
+            return "" if math.isnan(v) else f"{v:.4g}"
+        return str(v)
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + " --- |" * len(HEADER)]
+    lines += ["| " + " | ".join(fmt(r[k]) for k in KEYS) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
 def write(rows, out: Path):
     out.parent.mkdir(parents=True, exist_ok=True)
-    keys = ["data", "name", "kind", "metric", "mean", "std", "seeds", "epochs",
-            "time_vs_backprop", "note"]
     with open(out.with_suffix(".csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
+        w = csv.DictWriter(f, fieldnames=KEYS)
         w.writeheader()
         w.writerows(rows)
-    lines = ["| data | learner / model | kind | metric | mean | std | seeds | epochs | "
-             "wall time per epoch / backprop | note |", "|" + " --- |" * 10]
-    for r in rows:
-        fmt = lambda v: "" if isinstance(v, float) and math.isnan(v) else \
-            (f"{v:.4f}" if isinstance(v, float) else str(v))
-        lines.append("| " + " | ".join(fmt(r[k]) for k in keys) + " |")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    out.with_suffix(".md").write_text(markdown_table(rows))
     figure(rows, out.with_suffix(".png"))
+
+
+def read_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:     # files of an earlier version lack some columns
+        for k in KEYS:
+            r.setdefault(k, "all" if k == "n_train" else "")
+        for k in ("mean", "std", "time_vs_backprop"):
+            r[k] = float(r[k]) if r[k] not in ("", None) else float("nan")
+    return rows
+
+
+TITLES = {"digits": "scikit-learn digits (8x8)", "mnist1d": "MNIST-1D",
+          "teacher_student": "teacher-student regression", "fashion_mnist": "Fashion-MNIST"}
 
 
 def figure(rows, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    sets = sorted({r["data"] for r in rows})
-    fig, axes = plt.subplots(1, len(sets), figsize=(5.5 * len(sets), 4.5), squeeze=False)
+    sets = list(dict.fromkeys(r["data"] for r in rows))
+    fig, axes = plt.subplots(1, len(sets), figsize=(6.5 * len(sets), 5), squeeze=False)
     for ax, name in zip(axes[0], sets):
-        for r in (r for r in rows if r["data"] == name and not math.isnan(r["mean"])):
+        shown = [r for r in rows if r["data"] == name and not math.isnan(r["mean"])
+                 and not math.isnan(r["time_vs_backprop"])]
+        for i, r in enumerate(shown):
             marker = "o" if r["kind"] == "learner" else "s"
-            ax.errorbar(r["time_vs_backprop"], r["mean"], yerr=0 if math.isnan(r["std"])
-                        else r["std"], fmt=marker, capsize=3)
-            ax.annotate(r["name"], (r["time_vs_backprop"], r["mean"]), fontsize=7,
-                        xytext=(3, 3), textcoords="offset points")
+            std = 0 if math.isnan(r["std"]) else r["std"]
+            ax.errorbar(r["time_vs_backprop"], r["mean"], yerr=std, fmt=marker, capsize=3,
+                        color=plt.cm.tab20(i % 20), label=f"{r['name']} ({r['epochs']} ep.)")
         ax.set_xscale("log")
         metric = next(r["metric"] for r in rows if r["data"] == name)
-        ax.set_xlabel("training wall time per epoch relative to backprop (same run)")
-        ax.set_ylabel(f"test {metric}" if metric == "accuracy" else metric)
-        ax.set_title(f"{name}: mean ± std over seeds\n(circles: discrete learners, "
-                     "squares: continuous-time models)", fontsize=9)
-        ax.grid(alpha=0.3)
+        if metric == "test MSE":
+            ax.set_yscale("log")
+            ax.set_ylabel("test mean squared error (lower is better)")
+        else:
+            ax.set_ylabel("test accuracy (fraction correct)")
+        ax.set_xlabel("training wall time per example / backprop's (same run, log scale)")
+        ax.set_title(f"{TITLES.get(name, name)}: mean ± std over seeds\n"
+                     "circles: discrete learners, squares: continuous-time models", fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7, loc="best", ncol=1 if len(shown) < 10 else 2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
+def report(results: Path = RESULTS, out: Path = REPORT):
+    """``docs/comparison.md``: the table and figure of every ``compare_<data>.csv``."""
+    parts = [REPORT_HEAD]
+    for name in DATASETS:
+        csv_path = results / f"compare_{name}.csv"
+        if not csv_path.is_file():
+            parts.append(f"## {TITLES[name]}\n\nNot run (no `{csv_path.name}`).\n")
+            continue
+        rows = read_rows(csv_path)
+        spec = DATASETS[name]
+        png = csv_path.with_suffix(".png")
+        figure(rows, png)
+        rel = os.path.relpath(png, out.parent)
+        parts.append(f"## {TITLES[name]}\n\nNetwork {'-'.join(map(str, spec['network']['sizes']))},"
+                     f" transfer {spec['network']['transfer']}, loss {spec['loss']}, batch "
+                     f"{spec['batch']}.\n\n{markdown_table(rows)}\n![{TITLES[name]}]({rel})\n")
+    out.write_text("\n".join(parts))
+    return out
+
+
+REPORT_HEAD = """# Comparison of the learners and continuous-time models
+
+Generated by `OMP_NUM_THREADS=1 python benchmarks/compare.py --all` (runs every data set, about
+12 minutes of one core each; `--backend processes` uses every core) or, from the stored
+`benchmarks/results/compare_<data>.csv`, by `python benchmarks/compare.py --report`.
+Method: docs/discrete.md and the docstring of `benchmarks/compare.py`.
+
+Every discrete learner starts from the weights of the same `TwoPhaseDTP` network (Bengio's
+learners `bengio_*`: from a `CDTP` network of the same sizes, seed and hidden non-linearity,
+`f_l = W_l sigma(h_{l-1})`); every continuous-time model is built with the same sizes, transfer and
+seed, the other options from its `dendrite_sim/configs/<name>.toml`, and trained by the
+`dendritic` learner. The models are expensive, so they get a smaller budget (the `epochs` and
+`training examples` columns); `backprop (model budget)` is backprop on exactly that budget,
+their point of reference. Metric: test accuracy, or test MSE (teacher-student). Wall time: training
+seconds per example seen, relative to backprop (full budget) of the same seed in the same run, on
+a shared machine: the ratios are rough. A learner that does not apply or fails gives its reason.
+"""
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    p.add_argument("--data", nargs="+", default=None, choices=list(DATASETS))
+    p.add_argument("--all", action="store_true",
+                   help="every data set, each into benchmarks/results/compare_<data>.*, then "
+                        "docs/comparison.md")
+    p.add_argument("--report", action="store_true",
+                   help="only rebuild docs/comparison.md (and figures) from the stored CSVs")
     discrete = [n for n in learner_names() if n != "dendritic"]
     p.add_argument("--learners", nargs="+", default=discrete, choices=discrete)
     p.add_argument("--models", nargs="*", default=None,
                    help="continuous-time models (model registry names); none: --models")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=None, help="override every data set's epochs")
-    p.add_argument("--model-epochs", type=int, default=MODEL_EPOCHS)
-    p.add_argument("--out", default="benchmarks/results/compare")
+    p.add_argument("--model-epochs", type=int, default=None,
+                   help="override the models' epochs (default: per data set)")
+    p.add_argument("--backend", choices=("serial", "processes"), default="serial")
+    p.add_argument("--workers", type=int, default=os.cpu_count())
+    p.add_argument("--out", default=None,
+                   help="output stem (default benchmarks/results/compare_<data>)")
     args = p.parse_args(argv)
-    rows = []
-    for name in args.data:
+    if args.report:
+        print(report())
+        return
+    names = list(DATASETS) if args.all or args.data is None else args.data
+    for name in names:
+        seeds = args.seeds if name != "fashion_mnist" else args.seeds[:1]
         try:
-            rows += rows_for(name, args)
+            load_dataset(name, **DATASETS[name]["loader"])
         except (ValueError, FileNotFoundError, ImportError) as err:
             print(f"{name}: skipped ({err})", file=sys.stderr)
-    write(rows, Path(args.out))
-    print(Path(args.out).with_suffix(".md").read_text())
+            continue
+        cells = cells_for(name, argparse.Namespace(**{**vars(args), "seeds": seeds}))
+        rows = rows_from(cells, run_cells(cells, args.backend, args.workers))
+        out = Path(args.out) if args.out and len(names) == 1 else RESULTS / f"compare_{name}"
+        write(rows, out)
+        print(out.with_suffix(".md").read_text())
+    if args.all:
+        print(f"wrote {report()}")
 
 
 if __name__ == "__main__":
