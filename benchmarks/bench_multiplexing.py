@@ -6,10 +6,11 @@
 2. ``--depth``: the learning signal per layer relative to the output error,
    ``||p^f_i - p^l_i|| / ||eta_hat e_L||`` against the two-phase mixing network's
    ``||h^f_i - h^l_i|| / ||eta_hat e_L||`` at ``mu = 0.1`` on the same forward weights, for 4 and
-   6 hidden layers of width 32, at the forward pass of 64 digits: (a) each model as it is
-   by default (multiplexing: sigmoid, ``Q_i = W_{i+1}^T``; two-phase: leaky ReLU,
-   ``Q_i = W_{i+1}^+``), and the multiplexing network with ``Q_i = 4 W_{i+1}^T`` (undoing
-   ``sigmoid' <= 1/4`` in ``J_{g_i}``); (b) linear layers with exact inverses in both (the decay factor
+   6 hidden layers of width 32, at the forward pass of 64 digits: (a) each model with its
+   defaults (multiplexing: identity burst transfer, ``Q_i = (s'(0) W_{i+1})^+``; two-phase:
+   leaky ReLU, ``Q_i = W_{i+1}^+``), the multiplexing network's earlier defaults (sigmoid burst
+   transfer, ``Q_i = W_{i+1}^T``) for comparison, and the default multiplexing network on its
+   own initial weights; (b) linear layers with exact inverses in both (the decay factor
    alone).
 3. ``--decoding``: coupled-mode training on a digits subset with synaptic decoding, sweeping
    the decoders' time constant: final test accuracy and the layer-1 learning signal at the end
@@ -66,8 +67,8 @@ def digits(seeds, epochs):
 
 def _signals(model, x, y, eta_hat, burst):
     """Per layer ``||signal_i|| / ||eta_hat e_L||`` (batch Frobenius norms)."""
-    free = ds.fixed_point(model, x, None)
-    nudged = ds.fixed_point(model, x, Nudge(y, "mse", eta_hat))
+    free = ds.fixed_point(model, x, None, tol=1e-13, max_iter=500)
+    nudged = ds.fixed_point(model, x, Nudge(y, "mse", eta_hat), tol=1e-13, max_iter=500)
     e_L = loss_gradient("mse", free.layers[-1], y)
     if burst:
         a = model.burst_probabilities(free.y, model.drive(x))
@@ -77,20 +78,31 @@ def _signals(model, x, y, eta_hat, burst):
     return [float((u - v).norm() / (eta_hat * e_L).norm()) for u, v in zip(a, b)]
 
 
+def _depth_models(sizes, mu):
+    """Each model with its defaults, and the multiplexing network's earlier defaults (sigmoid
+    burst transfer, ``Q_i = W_{i+1}^T``), all on the two-phase network's forward weights."""
+    two = TwoPhaseDTP(sizes, mu=mu, dtype=F64, seed=0)
+    mux = Multiplexing(sizes, dtype=F64, seed=0)
+    old = Multiplexing(sizes, burst_transfer="sigmoid", feedback_init="transpose", dtype=F64,
+                       seed=0)
+    for model in (mux, old):
+        model.params["W"] = [w.clone() for w in two.W]
+    mux.params["Q"] = [torch.linalg.pinv(0.25 * w) for w in two.W[1:]]   # s'(0) = 1/4
+    old.params["Q"] = [w.T.clone() for w in two.W[1:]]
+    return two, mux, old
+
+
 def depth(width=32, eta_hat=1e-3, mu=0.1):
     data = load_dataset("digits")
     x = torch.as_tensor(data.x_train[:64], dtype=F64)
     y = torch.nn.functional.one_hot(torch.as_tensor(data.y_train[:64]), 10).to(F64)
     for hidden in (4, 6):
         sizes = [64] + [width] * hidden + [10]
-        two = TwoPhaseDTP(sizes, mu=mu, feedback="learned", dtype=F64, seed=0)
-        mux = Multiplexing(sizes, dtype=F64, seed=0)
-        mux.params["W"] = [w.clone() for w in two.W]
-        mux.params["Q"] = [w.T.clone() for w in two.W[1:]]
+        two, mux, old = _depth_models(sizes, mu)
         s_two = _signals(two, x, y, eta_hat, burst=False)
         s_mux = _signals(mux, x, y, eta_hat, burst=True)
-        mux.params["Q"] = [4.0 * w.T.clone() for w in two.W[1:]]   # undo sigmoid' <= 1/4
-        s_mux4 = _signals(mux, x, y, eta_hat, burst=True)
+        s_old = _signals(old, x, y, eta_hat, burst=True)
+        own = _signals(Multiplexing(sizes, dtype=F64, seed=0), x, y, eta_hat, burst=True)
         # linear, exact inverses: square layers (width everywhere, the input projected)
         lin_sizes = [width] * (hidden + 2)
         two_l = TwoPhaseDTP(lin_sizes, mu=mu, feedback="exact", transfer="leaky_relu",
@@ -104,13 +116,13 @@ def depth(width=32, eta_hat=1e-3, mu=0.1):
         l_two = _signals(two_l, x_l, y_l, eta_hat, burst=False)
         l_mux = _signals(mux_l, x_l, y_l, eta_hat, burst=True)
         print(f"\n{hidden} hidden layers (width {width}), ||signal_i|| / ||eta_hat e_L||, "
-              f"mu = {mu}:")
-        print("  layer | default: multiplexing  two-phase   ratio | Q = 4 W^T   ratio |"
-              " linear exact: multiplexing  two-phase   ratio")
+              f"mu = {mu}, on the two-phase network's forward weights:")
+        print("  layer | two-phase | multiplexing default  ratio | old default (sigmoid t, "
+              "Q = W^T)  ratio | default, own W | linear exact: mux / two-phase")
         for i in range(len(sizes) - 1):
-            print(f"  {i + 1:5d} | {s_mux[i]:21.3e} {s_two[i]:10.3e} {s_mux[i] / s_two[i]:7.1e} |"
-                  f" {s_mux4[i]:9.3e} {s_mux4[i] / s_two[i]:7.1e} |"
-                  f" {l_mux[i]:26.3e} {l_two[i]:10.3e} {l_mux[i] / l_two[i]:7.1e}")
+            print(f"  {i + 1:5d} | {s_two[i]:9.2e} | {s_mux[i]:20.2e} {s_mux[i] / s_two[i]:6.1e} |"
+                  f" {s_old[i]:31.2e} {s_old[i] / s_two[i]:6.1e} | {own[i]:14.2e} |"
+                  f" {l_mux[i]:9.2e} / {l_two[i]:9.2e} = {l_mux[i] / l_two[i]:7.1e}")
 
 
 def decoding(taus, n_train, epochs, T):

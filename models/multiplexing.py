@@ -54,7 +54,7 @@ from dendrite_sim.learning.schedule import Schedule
 
 __all__ = ["Multiplexing"]
 
-FEEDBACK_INITS = ("transpose", "random", "pinv")
+FEEDBACK_INITS = ("inverse", "transpose", "random", "pinv")
 
 
 class Multiplexing(NetworkModel):
@@ -72,15 +72,20 @@ class Multiplexing(NetworkModel):
     transfer : event-rate transfer ``s_i`` (name or one per layer); default sigmoid, event
         rates normalised to the maximum rate.
     burst_transfer : burst-probability transfer ``t_i`` (name or one per layer ``1..L-1``);
-        default sigmoid (probabilities in [0, 1]).
+        default identity (unit slope: ``J_{g_i} = Q_i``, no transfer-dependent decay of the
+        learning signal; docs/multiplexing.md §2). ``"sigmoid"`` (the earlier default) keeps
+        burst probabilities in [0, 1] and is needed with ``decoding``.
     slope : leaky-ReLU negative slope, if used.
     bias : whether basal compartments have biases ``b``.
     tau_basal, tau_apical : time constants of (6.43) and (6.44), > 0.
     trace_tau : ``T_z`` of the trace of the free-phase burst probability, > 0.
     eta : rate of (6.58), scalar or one per layer, >= 0.
     eta_inv, weight_decay : rate and ``lambda`` of the ``Q`` rule, >= 0.
-    feedback_init : ``Q_i`` at the start: ``"transpose"`` (``W_{i+1}^T``), ``"random"``
-        (independent Gaussian) or ``"pinv"`` (``W_{i+1}^+``), times ``feedback_scale``.
+    feedback_init : ``Q_i`` at the start, times ``feedback_scale``: ``"inverse"`` (default,
+        ``(s_{i+1}'(0) W_{i+1})^+``, the inverse of the forward Jacobian ``J_{f_{i+1}}`` at the
+        centre of ``s_{i+1}``, so that ``J_{g_i} J_{f_{i+1}} ~ I``), ``"pinv"``
+        (``W_{i+1}^+``), ``"transpose"`` (``W_{i+1}^T``) or ``"random"`` (independent
+        Gaussian).
     decoding : decode through short-term-plastic synapses (module docstring); needs a
         non-negative event-rate transfer and burst transfers with values in [0, 1].
     tau_depression, tau_facilitation : time constants of the basal (depressing) and apical
@@ -99,9 +104,9 @@ class Multiplexing(NetworkModel):
     # the Q rule reads p_i - h_i, of the activity's size, not a difference between equilibria
     coarse_rate_groups = ("Q",)
 
-    def __init__(self, sizes, transfer="sigmoid", burst_transfer="sigmoid", slope=0.1,
+    def __init__(self, sizes, transfer="sigmoid", burst_transfer="identity", slope=0.1,
                  bias=True, tau_basal=1.0, tau_apical=1.0, trace_tau=1.0, eta=0.1,
-                 eta_inv=0.01, weight_decay=0.0, feedback_init="transpose",
+                 eta_inv=0.01, weight_decay=0.0, feedback_init="inverse",
                  feedback_scale=1.0, decoding=False, tau_depression=0.1,
                  tau_facilitation=0.1, eps=1e-6, phase_duration=20.0, seed=0,
                  dtype=torch.float32, device="cpu"):
@@ -120,7 +125,7 @@ class Multiplexing(NetworkModel):
                              f"got {feedback_init!r}")
         self.params = _init_params(self.sizes, bool(bias), feedback_init,
                                    check_range("feedback_scale", feedback_scale), seed, dtype,
-                                   self.device)
+                                   self.device, self.transfers)
         self._validate()
 
     def _validate(self):
@@ -374,8 +379,9 @@ def _check_decodable(transfers, burst_transfers):
                              f"decoding=True (e.g. 'sigmoid'); got {tr.name!r}")
 
 
-def _init_params(sizes, bias, feedback_init, scale, seed, dtype, device):
-    """``W_i ~ N(0, 1/n_{i-1})``, ``b_i = 0``, ``Q_i`` per ``feedback_init`` times ``scale``."""
+def _init_params(sizes, bias, feedback_init, scale, seed, dtype, device, transfers):
+    """``W_i ~ N(0, 1/n_{i-1})``, ``b_i = 0``, ``Q_i`` per ``feedback_init`` times ``scale``
+    (``"inverse"``: ``(s_{i+1}'(0) W_{i+1})^+`` with the transfers ``s_i``)."""
     gen = torch.Generator().manual_seed(int(seed))
     W = [torch.randn(n_out, n_in, generator=gen, dtype=torch.float64) / n_in ** 0.5
          for n_in, n_out in zip(sizes[:-1], sizes[1:])]
@@ -383,6 +389,10 @@ def _init_params(sizes, bias, feedback_init, scale, seed, dtype, device):
         Q = [w.T for w in W[1:]]
     elif feedback_init == "pinv":
         Q = [torch.linalg.pinv(w) for w in W[1:]]
+    elif feedback_init == "inverse":
+        zero = torch.zeros((), dtype=torch.float64)
+        Q = [torch.linalg.pinv(float(s.derivative(zero)) * w)
+             for s, w in zip(transfers[1:], W[1:])]
     else:
         Q = [torch.randn(w.shape[1], w.shape[0], generator=gen, dtype=torch.float64) /
              w.shape[0] ** 0.5 for w in W[1:]]

@@ -6,7 +6,8 @@ Jacobians of an independently written feedback chain, closed-form spectra):
     ``p_i = t_i(Q_i p_{i+1})`` (6.47)-(6.50), and fixed points of the field;
 (b) the learning signal ``p^f_i - p^l_i`` is (6.59) to first order in eta_hat, the
     reconstruction errors cancelling (a control without the free-phase subtraction does not);
-(c) no depth decay, against the two-phase mixing network on the same weights;
+(c) no depth decay, against the two-phase mixing network on the same weights (linear exact
+    inverses, and each model's defaults);
 (d) the plasticity rules against numpy; the Q rule lowers the reconstruction error;
 (e) synaptic decoding: fast synapses reproduce the perfect-decoding model;
 (f) bad input raises ValueError naming the parameter.
@@ -25,6 +26,8 @@ from dendrite_sim.models import TwoPhaseDTP
 from dendrite_sim.models.multiplexing import Multiplexing
 
 F64 = torch.float64
+#: the earlier defaults (sigmoid burst transfer, Q = W^T), for the tests written against them
+SIGMOID = dict(burst_transfer="sigmoid", feedback_init="transpose")
 
 
 def sig(a):
@@ -69,7 +72,8 @@ def equilibrium(model, x, target):
 # (a) equilibria
 # ----------------------------------------------------------------------------------------------
 def test_equilibria_are_forward_pass_and_burst_chain():
-    model = Multiplexing([6, 5, 4, 3], dtype=F64, feedback_init="random", seed=2)
+    model = Multiplexing([6, 5, 4, 3], dtype=F64, feedback_init="random", seed=2,
+                         burst_transfer="sigmoid")
     model.params["b"] = [0.3 * torch.randn(n, dtype=F64) for n in model.sizes[1:]]
     x, target = batch(6), nudge(4, 3)
     for teach in (None, target):
@@ -122,7 +126,7 @@ def feedback_chain_jacobian(Q, p_free, i):
 
 def test_learning_signal_is_6_59_with_reconstruction_errors_cancelled():
     model = Multiplexing([6, 6, 6, 6, 4], dtype=F64, feedback_init="random",
-                         feedback_scale=3.0, seed=3)
+                         feedback_scale=3.0, seed=3, burst_transfer="sigmoid")
     x = batch(6)
     y = torch.rand(4, 4, generator=torch.Generator().manual_seed(5), dtype=F64)
     _, h, p_f = equilibrium(model, x, None)
@@ -177,12 +181,63 @@ def test_no_depth_decay_against_two_phase_on_the_same_weights():
     assert ratios[0] > 1000                                 # layer 1: (0.9/0.1)^4 = 6561
 
 
+def relative_signals(model, x, y, eta_hat, burst):
+    """``||signal_i|| / ||eta_hat e_L||`` per layer: ``p^f_i - p^l_i`` (multiplexing) or
+    ``h^f_i - h^l_i`` (two-phase), and the signals themselves."""
+    target = Nudge(y, "mse", eta_hat)
+    free = ds.fixed_point(model, x, None, tol=1e-13, max_iter=500)
+    nudged = ds.fixed_point(model, x, target, tol=1e-13, max_iter=500)
+    assert bool(free.converged.all()) and bool(nudged.converged.all())
+    if burst:
+        a = model.burst_probabilities(free.y, model.drive(x))
+        b = model.burst_probabilities(nudged.y, model.drive(x, target))
+    else:
+        a, b = free.layers, nudged.layers
+    size = float((eta_hat * loss_gradient("mse", free.layers[-1], y)).norm())
+    return [float((u - v).norm()) / size for u, v in zip(a, b)], [u - v for u, v in zip(a, b)]
+
+
+def test_defaults_have_no_depth_decay():
+    """With its defaults (identity burst transfer, ``Q_i = (s'(0) W_{i+1})^+``) the feedback
+    Jacobians invert the forward ones at the centre of the sigmoid: the layer-1 signal is
+    (6.59), ``eta_hat Q_1 ... Q_{L-1} e_L``, no smaller than the top layer's and >= 10x the
+    two-phase network's (its defaults, mu = 0.1, same forward weights); the earlier defaults
+    (sigmoid burst transfer, ``Q = W^T``) decay (control)."""
+    sizes, eta_hat = [6, 6, 6, 6, 6, 4], 1e-3
+    g = torch.Generator().manual_seed(12)
+    x = torch.rand(8, 6, generator=g, dtype=F64)
+    y = torch.rand(8, 4, generator=g, dtype=F64)
+    two = TwoPhaseDTP(sizes, mu=0.1, dtype=F64, seed=0)
+    mux = Multiplexing(sizes, dtype=F64)
+    old = Multiplexing(sizes, dtype=F64, **SIGMOID)
+    # the default initialisation on another network's weights: Q_i = (s'(0) W_{i+1})^+
+    np.testing.assert_allclose(mux.Q[0].numpy(), np.linalg.pinv(0.25 * mux.W[1].numpy()),
+                               rtol=1e-10, atol=1e-12)
+    for model in (mux, old):
+        model.params["W"] = [w.clone() for w in two.W]
+    mux.params["Q"] = [torch.linalg.pinv(0.25 * w) for w in two.W[1:]]   # sigmoid'(0) = 1/4
+    old.params["Q"] = [w.T.clone() for w in two.W[1:]]
+    ours, signals = relative_signals(mux, x, y, eta_hat, burst=True)
+    theirs, _ = relative_signals(two, x, y, eta_hat, burst=False)
+    before, _ = relative_signals(old, x, y, eta_hat, burst=True)
+    # independent: the chain is linear, p^f_1 - p^l_1 = eta_hat Q_1 ... Q_{L-1} e_L exactly
+    h_L = ds.fixed_point(mux, x, None).layers[-1]
+    back = eta_hat * loss_gradient("mse", h_L, y).numpy()
+    for w in reversed(two.W[1:]):
+        back = back @ np.linalg.pinv(0.25 * w.numpy()).T
+    np.testing.assert_allclose(signals[0].numpy(), back, rtol=1e-7, atol=1e-14)
+    assert ours[-1] == pytest.approx(1.0)
+    assert 1.0 <= ours[0] <= 1e5, ours              # no decay; growth bounded by 1/s' ||W^+||
+    assert ours[0] >= 10 * theirs[0], (ours, theirs)
+    assert before[0] < 0.02 * before[-1], before    # the earlier defaults: t' <= 1/4 per layer
+
+
 # ----------------------------------------------------------------------------------------------
 # (d) plasticity
 # ----------------------------------------------------------------------------------------------
 def test_plasticity_rules_against_numpy():
     model = Multiplexing([5, 4, 3, 2], dtype=F64, eta=[0.3, 0.2, 0.1], eta_inv=0.05,
-                         weight_decay=0.1, feedback_init="random")
+                         weight_decay=0.1, feedback_init="random", burst_transfer="sigmoid")
     x, target = batch(5), nudge(4, 2, eta_hat=0.5)
     eq, h, p_l = equilibrium(model, x, target)
     y = eq.y.clone()
@@ -218,7 +273,8 @@ def mismatch(model, x, params=None):
 
 
 def test_q_rule_drives_feedback_toward_an_inverse():
-    model = Multiplexing([8, 6, 6, 4], dtype=F64, eta_inv=0.1, feedback_init="random")
+    model = Multiplexing([8, 6, 6, 4], dtype=F64, eta_inv=0.1, feedback_init="random",
+                         burst_transfer="sigmoid")
     x = batch(8, B=32, seed=9)
     before = mismatch(model, x)
     sleep = Schedule([Phase("free", 20.0, teach=False, plastic=("Q",), trace=True)])
@@ -245,11 +301,11 @@ def test_quasi_static_and_coupled_presentations_agree():
 # ----------------------------------------------------------------------------------------------
 def test_fast_synapses_reproduce_perfect_decoding():
     x, target = batch(5, B=3), nudge(3, 2, eta_hat=0.5)
-    perfect = Multiplexing([5, 4, 3, 2], dtype=F64)
+    perfect = Multiplexing([5, 4, 3, 2], dtype=F64, **SIGMOID)
     errors = []
     for tau in (0.1, 0.02):
         dec = Multiplexing([5, 4, 3, 2], dtype=F64, decoding=True, tau_depression=tau,
-                           tau_facilitation=tau, eps=1e-9)
+                           tau_facilitation=tau, eps=1e-9, **SIGMOID)
         # equilibria: the decoders read h and p h / (h + eps); tolerance ~ eps / min h
         _, h_d, p_d = equilibrium(dec, x, target)
         _, h_p, p_p = equilibrium(perfect, x, target)
@@ -269,7 +325,7 @@ def test_fast_synapses_reproduce_perfect_decoding():
 
 def test_decoded_burst_probabilities_stay_in_unit_interval():
     dec = Multiplexing([5, 4, 3, 2], dtype=F64, decoding=True, tau_depression=3.0,
-                       tau_facilitation=0.3, feedback_scale=4.0)
+                       tau_facilitation=0.3, feedback_scale=4.0, **SIGMOID)
     x, target = batch(5, B=6), nudge(6, 2, eta_hat=2.0)
     # start from other inputs' equilibrium: large transients through slow decoders
     y0 = dec.initial_state(dec.drive(batch(5, B=6, seed=11)), dec.params)
