@@ -185,3 +185,53 @@ def test_verbs_never_modify_the_state_they_are_given():
     fixed_point(model, x, target, y0=free.y)
     simulate(model, x, [0.0, 1.0], target, y0=free.y)
     torch.testing.assert_close(free.y, before, rtol=0, atol=0)
+
+
+def test_two_phase_fixed_point_cost_does_not_grow_with_a_fast_trace():
+    """``TwoPhaseDTP([64, 64, 10], trace_tau=0.1)``: at most twice the evaluations of
+    ``trace_tau=1`` (the relaxation steps the trace by its own time constant)."""
+    from dendrite_sim.models import TwoPhaseDTP
+    x = torch.randn(32, 64, generator=torch.Generator().manual_seed(0))
+    cost = {tt: fixed_point(TwoPhaseDTP([64, 64, 10], trace_tau=tt), x, method="anderson").nfev
+            for tt in (1.0, 0.1)}
+    assert cost[0.1] <= 2 * cost[1.0], cost
+
+
+class _Jumping(TwoCompartment):
+    """The test model with a sample-and-hold: at every gate switch ``v`` drops by 0.1."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.jumps = []
+
+    def jump(self, t, y, drive, prepared):
+        self.jumps.append(float(t))
+        v = self.layout.variable_slice("v")
+        out = y.clone()
+        out[:, v] -= 0.1
+        return out
+
+
+@pytest.mark.parametrize("mode", ["quasi_static", "coupled"])
+def test_a_waveform_gate_equals_the_phases_it_switches_between(mode):
+    """A phase whose ``input_gain`` gate is a square waveform (1 for 6, then 0.5 for 10)
+    presents the same as two phases with those constant gates, in both modes; the model's
+    ``jump`` runs at the switch either way."""
+    from dendrite_sim.dynamics.gates import Waveform
+    from dendrite_sim.learning import Phase, Schedule
+    x, y = _x(6), torch.full((6, 3), 0.5, dtype=F64)
+    square = Waveform(lambda s: 1.0 if s < 6.0 else 0.5, breakpoints=(6.0,), name="square")
+    waved = Schedule([Phase("p", 16.0, teach=True, plastic=("A",),
+                            extra_gates={"input_gain": square})])
+    two = Schedule([Phase("on", 6.0, teach=True, plastic=("A",),
+                          extra_gates={"input_gain": 1.0}),
+                    Phase("off", 10.0, teach=True, plastic=("A",),
+                          extra_gates={"input_gain": 0.5})])
+    model_a, model_b = _Jumping([4, 5, 3], eta=0.05), _Jumping([4, 5, 3], eta=0.05)
+    kw = dict(gate_samples=1) if mode == "quasi_static" else dict(rtol=1e-9, atol=1e-11)
+    got = present(model_a, x, y, waved, mode=mode, **kw)
+    want = present(model_b, x, y, two, mode=mode, **kw)
+    assert got.params["A"][-1] is not model_a.params["A"][-1]
+    for a, b in zip(got.params["A"], want.params["A"]):
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-10)
+    assert 6.0 in model_a.jumps and 6.0 in model_b.jumps
