@@ -490,7 +490,7 @@ def _newton_direction(residual, y, F, dense: bool):
     Jacobian; :func:`_check_isolated` raises first where a gate stops some variables), or
     inexact GMRES on JVPs with the forcing term ``min(0.1, ||F||)`` (Eisenstat & Walker), floored at the dtype's precision."""
     if dense:
-        # batched solve is exact with the default thread count (never torch.set_num_threads(n >= 2): README; guarded by a test)
+        # batched solve is exact with the default thread count (never set_num_threads(n >= 2))
         step, info = torch.linalg.solve_ex(_finite_jacobian(residual, y), -F)
         return torch.where((info == 0)[:, None], step, float("nan"))   # singular: no step
     floor = 1e-10 if F.dtype == torch.float64 else 1e-5

@@ -1,4 +1,4 @@
-"""Offline data sets for the dendrite_sim experiments that work offline.
+"""Data sets for the dendrite_sim experiments, all available offline.
 
 Every loader returns a :class:`Dataset`: numpy arrays ``x_train, y_train, x_test, y_test``
 (``x`` float32; ``y`` int64 class labels or float32 regression targets) plus metadata.
