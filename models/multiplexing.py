@@ -29,7 +29,10 @@ gated by phase (batch-averaged over the copies of the network that share synapse
 voltages. The printed (6.58) has ``p^f_{i-1}``; the layer-``i`` free value is meant. In the
 learning phase ``z_i - p_i = p^f_i - p^l_i ~ eta_hat [prod_{k=i}^{L-1} J_{g_k}] e_L``: the
 reconstruction errors of (6.53) and (6.57) cancel and no ``(mu/(1-mu))^(L+1-i)`` decay appears
-(6.59). The ``Q`` rule (free phase) moves each neuron's burst probability toward its own
+(6.59). The defaults (identity ``t_i``, ``Q_i = (s_{i+1}'(0) W_{i+1})^+``) make ``J_{g_i} =
+Q_i ~ J_{f_{i+1}}^{-1}`` at the centre of ``s``, so no transfer-dependent decay appears either
+(a sigmoid ``t_i`` with ``Q_i = W_{i+1}^T`` shrinks the signal by ``t' <= 1/4`` per layer;
+docs/multiplexing.md §2). The ``Q`` rule (free phase) moves each neuron's burst probability toward its own
 event rate, the gradient of ``1/2 ||t_i(Q_i p_{i+1}) - h_i||^2``; its fixed point is the chain
 ``p_i = h_i``, i.e. ``g_i`` inverts ``f_{i+1}`` on the data (docs/multiplexing.md).
 
