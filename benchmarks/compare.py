@@ -329,14 +329,19 @@ def report(results: Path = RESULTS, out: Path = REPORT):
         if not csv_path.is_file():
             parts.append(f"## {TITLES[name]}\n\nNot run (no `{csv_path.name}`).\n")
             continue
+        with open(csv_path) as f:
+            old = "n_train" not in f.readline()
         rows = read_rows(csv_path)
         spec = DATASETS[name]
+        note = ("\n\nFrom an earlier version of this script (time per epoch; Bengio's learners "
+                f"not yet on a CDTP network): rerun with `--data {name}` to refresh."
+                if old else "")
         png = csv_path.with_suffix(".png")
         figure(rows, png)
         rel = os.path.relpath(png, out.parent)
         parts.append(f"## {TITLES[name]}\n\nNetwork {'-'.join(map(str, spec['network']['sizes']))},"
                      f" transfer {spec['network']['transfer']}, loss {spec['loss']}, batch "
-                     f"{spec['batch']}.\n\n{markdown_table(rows)}\n![{TITLES[name]}]({rel})\n")
+                     f"{spec['batch']}.{note}\n\n{markdown_table(rows)}\n![{TITLES[name]}]({rel})\n")
     out.write_text("\n".join(parts))
     return out
 
