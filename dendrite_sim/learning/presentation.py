@@ -40,7 +40,9 @@ parameters it ends with. Two modes:
        with the activity's Jacobian): 0.2-0.8 % per layer from coupled mode at eta 1e-4 and
        20-tau phases on the mixing models, against 6-22 % for the plain step
        (``transient=False``, relative error ~ ``tau / duration``), at 2.8x the cost of a
-       digits epoch. Left out: the transient's second-order part and the change of the
+       digits epoch (so training, :class:`~dendrite_sim.learning.DendriticLearner`, keeps the
+       plain step unless asked: ``transient=True`` there, ``learner.transient`` in a
+       configuration). Left out: the transient's second-order part and the change of the
        equilibrium as the weights move within the phase (relative error ~ ``eta *
        duration``): the quasi-static approximation.
     4. if the weights moved (or step 1 was coarse), re-solve the equilibrium at the updated

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dendrite_sim.dynamics.teaching import Nudge, _check_loss
-from dendrite_sim.errors import check_range
+from dendrite_sim.errors import check_bool, check_range
 from dendrite_sim.learning.presentation import MODES
 from . import register_learner
 from .base import Learner, _jsonable_scalar_or_list
@@ -26,13 +26,18 @@ class DendriticLearner(Learner):
         default dopri5 and nearly as accurate (``present``'s docstring; CLI: ``--set
         solver.method=heun3 --set solver.step_size=1.25``).
     fixed_point_kwargs : extra keyword arguments for the ``fixed_point`` of :meth:`predict`.
+    transient : quasi-static training with the first-order correction for the activity's
+        transient at the start of each phase (``present(..., transient=True)``, within 1 % of
+        coupled mode's weight changes as the rates go to 0, at 2-3x the cost of an epoch);
+        default ``False``, the plain Euler step at each phase's equilibrium (6-22 % from
+        coupled mode per layer at 20-tau phases: docs/derivations.md §10).
     """
 
     #: has neural dynamics: equilibria, reconstruction errors and spectra are diagnosed
     dynamic = True
 
     def __init__(self, model, schedule=None, mode="quasi_static", loss="cross_entropy",
-                 eta_hat=0.1, present_kwargs=None, fixed_point_kwargs=None):
+                 eta_hat=0.1, present_kwargs=None, fixed_point_kwargs=None, transient=False):
         if mode not in MODES or mode not in model.presentation_modes:
             raise ValueError(f"mode must be one of {list(model.presentation_modes)} for "
                              f"{type(model).__name__}; got {mode!r}")
@@ -42,7 +47,8 @@ class DendriticLearner(Learner):
         self.schedule = model.default_schedule() if schedule is None else schedule
         self.forward_names = tuple(model.forward_params) or tuple(model.plastic_params)
         self.sizes, self.dtype, self.device = list(model.sizes), model.dtype, model.device
-        self.present_kwargs = dict(present_kwargs or {})
+        self.present_kwargs = {"transient": check_bool("transient", transient),
+                               **(present_kwargs or {})}
         self.fixed_point_kwargs = dict(fixed_point_kwargs or {})
         self.unconverged = 0  # free equilibria of predict() that did not converge
         self.unconverged_presentations = 0  # presentations with an unconverged phase
@@ -90,4 +96,5 @@ class DendriticLearner(Learner):
             hyper.update(transfers=[repr(t) for t in model.layer_transfers])
         return {"learner": "dendritic", "model": type(model).__name__, "sizes": self.sizes,
                 "mode": self.mode, "loss": self.loss_name, "eta_hat": self.eta_hat,
+                "transient": self.present_kwargs["transient"],
                 "schedule": repr(self.schedule), "model_hyper": hyper}
