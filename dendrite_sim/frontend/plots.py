@@ -184,20 +184,54 @@ def plot_learning_curves(history: dict, x=None, fig=None) -> Figure:
     return fig
 
 
+#: axis labels of the learning diagnostics (``dendrite_sim.learning.diagnostics``)
+DIAGNOSTIC_LABELS = {
+    "cos_bp": "cosine with\nbackprop",
+    "cos_gn": "cosine with\nGauss-Newton",
+    "dW_norm": "trial update\n||Delta theta_i||",
+    "step_dW_norm": "training step\n||Delta theta_i||",
+    "recon_error": "reconstruction error\n||g_i(f_i+1(h_i)) - h_i||",
+    "q_distance": "feedback distance\n||Q_i - W_i+1^+|| / ||W_i+1^+||",
+    "useful_signal": "learning signal\n||d^nudged_i - d^free_i||",
+    "recon_deviation": "deviation at the free\nequilibrium ||d^free_i||",
+    "max_real_eig": "largest Re(eigenvalue)\nof the activity (1/tau)",
+}
+#: values this small are round-off (e.g. the reconstruction error of exact inverses)
+ROUND_OFF = 1e-9
+
+
 def plot_layer_diagnostics(diagnostics: dict, steps=None, fig=None) -> Figure:
     """One panel per diagnostic: a ``(steps, L)`` array gets one line per layer (layers with
-    no finite value are left out), a ``(steps,)`` array one unlabelled line."""
+    no finite value are left out), a ``(steps,)`` array one unlabelled line. Labels in words
+    (:data:`DIAGNOSTIC_LABELS`); a positive quantity that spans more than two decades is drawn
+    on a log scale; a panel whose values are all round-off says so instead of drawing it."""
     fig, axes = _panels(len(diagnostics), fig)
     for ax, (name, values) in zip(axes, diagnostics.items()):
         values = _np(values)
         s = np.arange(len(values)) if steps is None else _np(steps)
-        if values.ndim == 1:
-            ax.plot(s, values)
-        else:
-            for layer in np.flatnonzero(np.isfinite(values).any(axis=0)):
-                ax.plot(s, values[:, layer], label=f"layer {layer + 1}")
+        ax.set_ylabel(DIAGNOSTIC_LABELS.get(name, name), fontsize="small")
+        lines = {None: values} if values.ndim == 1 else \
+            {layer: values[:, layer] for layer in range(values.shape[1])}
+        drawn, round_off = [], []
+        for layer, v in lines.items():
+            finite = v[np.isfinite(v)]
+            if not finite.size:
+                continue
+            if np.abs(finite).max() < ROUND_OFF:
+                round_off.append("all" if layer is None else f"layer {layer + 1}")
+                continue
+            ax.plot(s, v, label=None if layer is None else f"layer {layer + 1}")
+            drawn.append(finite)
+        if round_off:
+            ax.text(0.99, 0.03, f"{', '.join(round_off)}: round-off only (< {ROUND_OFF:g})",
+                    ha="right", va="bottom", transform=ax.transAxes, fontsize="x-small")
+        if values.ndim > 1 and drawn:
             ax.legend(fontsize="small")
-        ax.set_ylabel(name)
+        finite = np.concatenate(drawn) if drawn else np.zeros(0)
+        if finite.size and finite.min() > 0 and finite.max() > 100 * finite.min():
+            ax.set_yscale("log")
+        else:
+            ax.ticklabel_format(axis="y", useOffset=False)
     axes[-1].set_xlabel("step")
     return fig
 
@@ -230,15 +264,27 @@ def plot_history(history: History, out_dir) -> list[Path]:
                      **{k: v for k, v in curves.items() if k != "examples"}}
             paths.append(save(plot_learning_curves(timed, x="time"),
                                     out / "learning_curves_time.png"))
-    groups = {"alignment.png": ("cos_bp", "cos_gn", "dW_norm", "step_dW_norm"),
-              "diagnostics.png": ("recon_error", "q_distance", "useful_signal",
-                                  "recon_deviation", "max_real_eig")}
+    alignment = ("cos_bp", "cos_gn", "dW_norm", "step_dW_norm")
+    groups = {"alignment.png": (alignment, "alignment with backprop and Gauss-Newton, and "
+                                           "update sizes"),
+              "diagnostics.png": (tuple(k for k in history.diagnostics if k not in alignment),
+                                  "the network's own diagnostics")}
     if len(history.diag_examples):
-        for name, keys in groups.items():
+        for name, (keys, what) in groups.items():
             panels = {k: history.diagnostics[k] for k in keys
                       if k in history.diagnostics and np.isfinite(history.diagnostics[k]).any()}
             if panels:
                 fig = plot_layer_diagnostics(panels, steps=history.diag_examples)
-                fig.axes[-1].set_xlabel("examples")
+                fig.axes[-1].set_xlabel("training examples seen")
+                fig.suptitle(f"{_run_title(history)}\n{what}", fontsize="small")
                 paths.append(save(fig, out / name))
     return paths
+
+
+def _run_title(history) -> str:
+    """``"<model> [sizes], <learner> learner (<mode>)"`` from a run's configuration."""
+    learner = history.config.get("learner", {})
+    sizes = "-".join(str(n) for n in learner.get("sizes") or [])
+    mode = f", {learner['mode'].replace('_', '-')}" if learner.get("mode") else ""
+    return f"{learner.get('model', 'network')} {sizes}, {learner.get('learner', '?')} " \
+           f"learner{mode}"
