@@ -40,8 +40,9 @@ data = load_digits()
 x_tr, y_tr, _, _ = data.tensors(dtype=F64)
 
 # 1. One presentation with synaptic decoding (decoders slower than the compartments).
-model = Multiplexing([64, 16, 16, 10], decoding=True, tau_depression=0.5,
-                     tau_facilitation=2.0, feedback_scale=4.0, dtype=F64, seed=0)
+model = Multiplexing([64, 16, 16, 10], decoding=True, burst_transfer="sigmoid",
+                     feedback_init="transpose", tau_depression=0.5, tau_facilitation=2.0,
+                     feedback_scale=4.0, dtype=F64, seed=0)
 schedule = model.default_schedule(T_free=15.0, T_learn=25.0)
 x = x_tr[:1]
 target = Nudge(torch.nn.functional.one_hot(y_tr[:1], 10).to(F64), "mse", eta_hat=0.5)

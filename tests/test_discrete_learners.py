@@ -185,7 +185,9 @@ def test_slow_learning_limit_of_two_phase_dtp_is_dtp_ai():
         x = 0.5 * torch.randn(8, 4, generator=g, dtype=D)
         y = 0.5 * torch.randn(8, 3, generator=g, dtype=D)
         T, eta_hat = 20.0, 0.01
-        run = present(m, x, Nudge(y, "mse", eta_hat), m.default_schedule(T_free=T, T_learn=T))
+        # the equilibrium rule itself (no transient correction): DTP-AI's discrete update
+        run = present(m, x, Nudge(y, "mse", eta_hat), m.default_schedule(T_free=T, T_learn=T),
+                      transient=False)
         dtp = learner_class("dtp_ai")(m, lr=1.0, eta_hat=eta_hat, loss="mse", lr_inv=0.0)
         new, _ = dtp.propose(x, y)
         out = []
