@@ -23,24 +23,32 @@ FILES = ("trajectory.npz", "summary.json", "checkpoint.pt")
 # the training loop
 # ============================================================================================
 class _Progress:
-    """A one-line progress bar on stderr (no dependency)."""
+    """A one-line progress bar on stderr (no dependency). Where stderr is not a terminal (a
+    log file, a pipe) it writes a plain line at every tenth of the way instead of redrawing."""
 
     def __init__(self, enabled: bool, total: int, width: int = 24):
         self.enabled, self.total, self.width = enabled, max(total, 1), width
         self.start = time.perf_counter()
+        self.terminal = sys.stderr.isatty()
+        self.logged = -1                     # the last tenth written (not a terminal)
 
     def update(self, done: int, note: str = ""):
         if not self.enabled:
             return
         frac = min(done / self.total, 1.0)
+        tenth = int(10 * frac)
+        if not self.terminal and tenth == self.logged:
+            return
         filled = int(round(frac * self.width))
         elapsed = time.perf_counter() - self.start
         bar = "#" * filled + "." * (self.width - filled)
-        sys.stderr.write(f"\r[{bar}] {done}/{self.total} {elapsed:6.1f}s {note}   ")
+        line = f"[{bar}] {done}/{self.total} {elapsed:6.1f}s {note}"
+        sys.stderr.write(f"\r{line}   " if self.terminal else f"{line}\n")
         sys.stderr.flush()
+        self.logged = tenth
 
     def close(self):
-        if self.enabled:
+        if self.enabled and self.terminal:
             sys.stderr.write("\n")
             sys.stderr.flush()
 
