@@ -235,6 +235,14 @@ def test_backprop_training_lowers_test_loss(digits):
     assert np.all(hist.sim_time == 0)
 
 
+def test_progress_in_a_log_is_plain_lines(digits, capsys):
+    """stderr that is not a terminal (here: captured) gets one plain line per tenth of the run,
+    never carriage-return redraws."""
+    train(bp_learner(), small_digits(digits), epochs=3, batch_size=8, progress=True)
+    err = capsys.readouterr().err
+    assert "\r" not in err and err.count("\n") <= 11 and "epoch 3.00" in err
+
+
 def test_trajectory_file_holds_every_record(tmp_path, digits):
     data = small_digits(digits)
     hist = train(bp_learner(), data, epochs=2, batch_size=32, eval_every=0.5,
