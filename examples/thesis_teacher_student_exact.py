@@ -47,7 +47,7 @@ for label, name, options in RUNS:
 ax.set_xlabel("epoch (300 examples, one per update)")
 ax.set_ylabel("test loss ||h_L - y||^2 per example (dimensionless)")
 ax.set_title("Thesis §5.1.3 teacher-student 6-6-6: "
-             + ("exact inverses" if "exact" == "exact" else "approximate inverses")
+             + "exact inverses"
              + f"\n(mean of {len(SEEDS)} seeds)", fontsize=10)
 ax.grid(alpha=0.3)
 ax.legend(fontsize=8)

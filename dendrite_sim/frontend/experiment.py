@@ -217,15 +217,22 @@ def _write_record(run: Path, summary: dict) -> None:
     atomic_write(run / RECORD, lambda f: f.write(text))
 
 
-def _finished(run: Path, cfg: dict):
-    """The stored summary when the run in ``run`` finished with this configuration's epochs
-    and learners, else None."""
-    path = run / RECORD
+def read_record(path: Path):
+    """The run record (``experiment.json``) at ``path`` as a dict; None where there is none
+    or it is not valid JSON (a run killed while writing it)."""
     if not path.is_file():
         return None
     try:
-        record = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except json.JSONDecodeError:
+        return None
+
+
+def _finished(run: Path, cfg: dict):
+    """The stored summary when the run in ``run`` finished with this configuration's epochs
+    and learners, else None."""
+    record = read_record(run / RECORD)
+    if record is None:
         return None
     same = (record.get("complete") and record.get("epochs") == cfg["training"]["epochs"]
             and record.get("learner") == cfg["learner"]["name"]

@@ -596,13 +596,9 @@ def present_keys(base: dict, seed_keys) -> list:
 
 
 def _complete_record(path: Path):
-    if not path.is_file():
-        return None
-    try:
-        record = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None
-    return record if record.get("complete") else None
+    from dendrite_sim.frontend.experiment import read_record
+    record = read_record(path)
+    return record if record and record.get("complete") else None
 
 
 def _sweep_dir(out: Path | None, base: dict, spec: dict, cells) -> Path:
