@@ -10,36 +10,44 @@ and one complete training run (data, model, learner, baselines, figures) as a li
 
     from dendrite_sim import run_experiment
     summary = run_experiment("two_phase", "runs/small")
-"""
-from dendrite_sim.dynamics.continuation import Continuation, continuation
-from dendrite_sim.dynamics.equilibrium import Equilibrium, fixed_point
-from dendrite_sim.errors import NumericalError
-from dendrite_sim.dynamics.integrate import Trajectory, simulate
-from dendrite_sim.dynamics.spectral import Jacobian, Spectrum, jacobian, spectrum
-from dendrite_sim.dynamics.teaching import Clamp, Free, Nudge
-from dendrite_sim.dynamics.transfer import make_transfer
 
+The names load on first use (importing the package imports neither torch nor matplotlib),
+so the command line can answer Ctrl-C during its imports with one line.
+"""
+import importlib
 import sys
 
 from dendrite_sim import _moved
 
 __version__ = "0.1.0"
-_moved.install(sys.modules[__name__])
+
+#: ``{public name: module that defines it}``
+EXPORTS = {
+    **dict.fromkeys(("continuation", "Continuation"), "dendrite_sim.dynamics.continuation"),
+    **dict.fromkeys(("fixed_point", "Equilibrium"), "dendrite_sim.dynamics.equilibrium"),
+    **dict.fromkeys(("simulate", "Trajectory"), "dendrite_sim.dynamics.integrate"),
+    **dict.fromkeys(("jacobian", "spectrum", "Jacobian", "Spectrum"),
+                    "dendrite_sim.dynamics.spectral"),
+    **dict.fromkeys(("Free", "Clamp", "Nudge"), "dendrite_sim.dynamics.teaching"),
+    "make_transfer": "dendrite_sim.dynamics.transfer",
+    "NumericalError": "dendrite_sim.errors",
+    "run_experiment": "dendrite_sim.frontend.experiment",
+}
+__all__ = list(EXPORTS)
+
+_moved.install(sys.modules[__name__], EXPORTS)
 
 
 def __getattr__(name):
-    """``dendrite_sim.<old module>`` (e.g. ``dendrite_sim.teaching``) as an attribute;
-    ``run_experiment`` imported on first use (the front end loads matplotlib)."""
-    if name == "run_experiment":
-        from dendrite_sim.frontend.experiment import run_experiment
-        return run_experiment
+    """A public name (:data:`EXPORTS`), or an old module path (``dendrite_sim.teaching``)."""
+    if name in EXPORTS:
+        value = getattr(importlib.import_module(EXPORTS[name]), name)
+        globals()[name] = value
+        return value
     if name in _moved.MOVED:
-        import importlib
         return importlib.import_module(f"dendrite_sim.{name}")
     raise AttributeError(f"module 'dendrite_sim' has no attribute {name!r}")
 
-__all__ = ["simulate", "fixed_point", "jacobian", "spectrum", "continuation", "Trajectory",
-           "Equilibrium", "Continuation",
-           "Jacobian", "Spectrum", "Free", "Clamp", "Nudge", "NumericalError", "make_transfer",
-           "run_experiment"]
 
+def __dir__():
+    return sorted(set(globals()) | set(EXPORTS))

@@ -257,3 +257,21 @@ def test_ci_script_runs_the_readme_test_command():
     assert "set -euo pipefail" in ci
     for command in line.split(" && "):
         assert command.strip() in ci, command
+
+
+@pytest.mark.parametrize("delay", [0.2, 1.5])
+def test_ctrl_c_ends_with_one_line(tmp_path, delay):
+    """SIGINT while torch imports (0.2 s) or while training: exit status 130 and one line on
+    stderr, never a traceback."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    proc = subprocess.Popen([sys.executable, "-m", "dendrite_sim", "run", "two_phase", "--out",
+                             str(tmp_path / "run")], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and err.strip().endswith("dendrite-sim: interrupted")
