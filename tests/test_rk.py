@@ -230,3 +230,14 @@ def test_jump_is_applied_at_every_breakpoint():
     model.calls = []                     # coupled mode: the jump sees the neural state only
     ds.simulate(model, x, t, breakpoints=[1.5], plastic=True)
     assert model.calls == [(1.5, (2, 6))]
+
+
+def test_a_non_finite_field_at_the_start_is_a_numerical_error():
+    """A tanh network started outside (-1, 1): the feedback's atanh is NaN at t = 0; the
+    integrator says so before choosing a first step (it used to divide by the NaN norm)."""
+    import dendrite_sim as ds
+    from dendrite_sim.models import Mixture
+    m = Mixture([3, 3, 3], transfer="tanh", feedback="learned", dtype=torch.float64)
+    with pytest.raises(ds.NumericalError, match="NaN/inf"):
+        ds.simulate(m, torch.zeros(1, 3, dtype=torch.float64), [0.0, 1.0],
+                    y0=torch.full((1, 6), 2.0, dtype=torch.float64))

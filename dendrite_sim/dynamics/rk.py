@@ -298,6 +298,11 @@ def _initial_step(func, t0, y0, f0, order, rtol, atol, norm):
     """Hairer, Norsett & Wanner II.4 (torchdiffeq's ``_select_initial_step``)."""
     scale = torch.abs(y0) * rtol + atol
     d0, d1 = float(norm(y0 / scale)), float(norm(f0 / scale))
+    if not (math.isfinite(d0) and math.isfinite(d1)):
+        raise NumericalError(f"integration cannot start at t = {float(t0):.6g}: the "
+                             f"{'state' if not math.isfinite(d0) else 'vector field'} has "
+                             "NaN/inf entries (a state outside an inverse transfer's domain, "
+                             "or weights that blew up)")
     h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
     f1 = func(t0 + h0, torch.add(y0, f0, alpha=h0))
     d2 = float(norm((f1 - f0) / scale)) / h0
