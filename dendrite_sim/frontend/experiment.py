@@ -282,7 +282,7 @@ def _learners(cfg, data, reporter):
     model = build_model(cfg, data)
     schedule = build_schedule(cfg, model)
     primary = cfg["learner"]["name"]
-    if not getattr(model, "forward_params", ("W",)) and not _dynamic(primary):
+    if not model.forward_params and not _dynamic(primary):
         raise ConfigError(f"learner {primary!r} needs the model's forward map but "
                           f"{type(model).__name__} has none (forward_params is empty)")
     try:
@@ -293,7 +293,7 @@ def _learners(cfg, data, reporter):
     for name in cfg["training"]["baselines"]:
         if name == primary:
             reason = "it is the configured learner"
-        elif not getattr(model, "forward_params", ("W",)) and not _dynamic(name):
+        elif not model.forward_params and not _dynamic(name):
             reason = f"{type(model).__name__} has no forward map (forward_params is empty)"
         else:
             reason = None

@@ -34,8 +34,8 @@ __all__ = ["layered_architecture", "LayeredLearner", "layer_forward", "output_ta
 def layered_architecture(model, learner: str):
     """``(sizes, transfers)`` of a model whose forward map is ``h_i = s_i(W_i h_{i-1} + b_i)``;
     ``ValueError`` naming ``learner`` for a model without that form."""
-    transfers = getattr(model, "layer_transfers", None)
-    if transfers is None or not hasattr(model, "params") or "W" not in model.params:
+    transfers = model.layer_transfers
+    if transfers is None or "W" not in model.params:
         raise ValueError(f"model must be a layered network s(W h + b) (layer_transfers and "
                          f"params['W']) for {learner}; {type(model).__name__} has none")
     sizes = list(model.sizes)
