@@ -42,6 +42,7 @@ import itertools
 import json
 import math
 import os
+import sys
 import re
 import time
 from contextlib import contextmanager
@@ -298,10 +299,20 @@ def _serial(jobs, workers, address, done):
         done(name, run_cell(*args))
 
 
+def _start_method() -> str:
+    """How pool workers start: forked from this process on Linux (they begin with torch and
+    the engine imported: ~2 s saved per worker, more than a short cell), spawned where fork
+    is unsafe (other platforms, or CUDA already initialised here)."""
+    import torch
+    if sys.platform.startswith("linux") and not torch.cuda.is_initialized():
+        return "fork"
+    return "spawn"
+
+
 def _processes(jobs, workers, address, done):
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
-    context = multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context(_start_method())
     with _one_thread_env(), ProcessPoolExecutor(max_workers=workers,
                                                 mp_context=context) as pool:
         futures = {pool.submit(run_cell, *args): name for name, args in jobs}
