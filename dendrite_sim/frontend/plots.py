@@ -258,12 +258,16 @@ def plot_history(history: History, out_dir) -> list[Path]:
     paths = []
     curves = history.learning_curves()
     if len(history.examples):
-        paths.append(save(plot_learning_curves(curves), out / "learning_curves.png"))
+        fig = plot_learning_curves(curves)
+        fig.suptitle(f"{_run_title(history)}: learning curves", fontsize="small")
+        paths.append(save(fig, out / "learning_curves.png"))
         if np.ptp(history.sim_time) > 0:
             timed = {"time": history.sim_time,
                      **{k: v for k, v in curves.items() if k != "examples"}}
-            paths.append(save(plot_learning_curves(timed, x="time"),
-                                    out / "learning_curves_time.png"))
+            fig = plot_learning_curves(timed, x="time")
+            fig.suptitle(f"{_run_title(history)}: against simulated time (units of tau)",
+                         fontsize="small")
+            paths.append(save(fig, out / "learning_curves_time.png"))
     alignment = ("cos_bp", "cos_gn", "dW_norm", "step_dW_norm")
     groups = {"alignment.png": (alignment, "alignment with backprop and Gauss-Newton, and "
                                            "update sizes"),
