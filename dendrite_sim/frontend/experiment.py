@@ -135,6 +135,14 @@ def _claim(out_dir, cfg: dict, resume: bool) -> Path:
     return run
 
 
+def _remove_temporaries(run: Path) -> None:
+    """Remove what a process killed mid-write left in ``run``, its figures and its learners'
+    folders (the caller holds the run's lock)."""
+    from dendrite_sim.learning.files import remove_temporaries
+    for folder in [run, run / "figures", *(p.parent for p in run.glob("*/summary.json"))]:
+        remove_temporaries(folder)
+
+
 def _check_fresh(run: Path, overwrite: bool) -> None:
     """Refuse to start a run where one exists, unless ``overwrite`` (then its files go)."""
     if not is_run_dir(run):
@@ -360,6 +368,7 @@ def run_experiment(config, out_dir=None, *, resume=False, overwrite=False,
     reporter = _Reporter(progress)
     with _locked(run):
         if resume:
+            _remove_temporaries(run)
             record = _finished(run, cfg)
             if record is not None:
                 record.update(status="already complete", run_dir=str(run))

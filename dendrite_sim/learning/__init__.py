@@ -59,12 +59,16 @@ the free equilibrium, maximised over the first ``n_eig`` probe examples.
 
 Runs on disk
 ------------
-With ``out_dir``, :func:`train` writes ``trajectory.npz`` (every recorded array,
-``np.savez_compressed``), ``summary.json`` (final metrics, configuration, timing) and
-``checkpoint.pt`` (learner state, shuffling RNG state, position, history) at every evaluation,
-each atomically (temporary file in the same directory, then ``os.replace``).
-``resume=True`` continues from the checkpoint and gives the same history and weights as an
-uninterrupted run (wall-clock times aside).
+With ``out_dir``, :func:`train` commits, at every evaluation, one position in three files,
+each atomically (temporary file in the same directory, then ``os.replace``) and in this order:
+``checkpoint.pt`` (learner state, shuffling RNG state, position, history: the source of truth),
+``trajectory.npz`` (every recorded array but the wall times; the same bytes for the same seed
+and configuration on one device) and ``summary.json`` (``complete``, final metrics,
+configuration, and the wall times). Each says its position: ``checkpoint["step"]``,
+``trajectory["batches"][-1]`` and ``summary["timing"]["batches"]``; a process killed between
+the writes leaves the last two one position behind the checkpoint, and ``resume=True``
+rewrites them from it and removes the temporary files left behind. A resumed run gives the
+same history and weights as an uninterrupted one (wall-clock times aside).
 """
 from __future__ import annotations
 

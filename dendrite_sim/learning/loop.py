@@ -12,7 +12,7 @@ import torch
 
 from dendrite_sim.errors import check_range
 from .diagnostics import layer_diagnostics
-from .files import atomic_write
+from .files import atomic_write, remove_temporaries
 from .history import History, _empty_records, _write_json
 from .learners.dendritic import DendriticLearner
 
@@ -167,15 +167,17 @@ def train(learner, data, *, epochs, batch_size=32, eval_every=1, seed=0, out_dir
     gen = torch.Generator().manual_seed(seed)
     state = {"step": 0, "epoch": 0, "pos": 0, "perm": None, "examples": 0, "sim_time": 0.0,
              "wall_time": 0.0, "step_wall_time": 0.0, "records": _empty_records()}
+    resumed = False
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         existing = [f for f in FILES if (out / f).exists()]
         if resume and ckpt_path.exists():
-            ckpt = torch.load(ckpt_path, weights_only=True)
+            ckpt = _load_checkpoint(ckpt_path)
             _check_resume_config(ckpt["config"], config)
             learner.load_state_dict(ckpt["learner"])
             gen.set_state(ckpt["rng"])
             state = {k: ckpt[k] for k in state}
+            resumed = True
         elif existing and not overwrite:
             hint = ("resume=True found no checkpoint.pt to continue from; pass "
                     "overwrite=True to start afresh there, or another out_dir") if resume else \
@@ -202,10 +204,9 @@ def train(learner, data, *, epochs, batch_size=32, eval_every=1, seed=0, out_dir
         for k, v in values.items():
             records["eval"][k].append(float(v))
 
-    def save(done: bool):
-        if out is None:
-            return
-        state["wall_time"] = wall()
+    def write_views(done: bool):
+        """trajectory.npz, then summary.json (with ``complete``): both of the checkpoint's
+        position, ``timing.batches`` (= the trajectory's last ``batches``)."""
         hist = History.from_records(records, depth, config)
         hist.to_npz(out / "trajectory.npz")
         summary = _summary(hist, config, state, per_epoch, total, done)
@@ -213,10 +214,22 @@ def train(learner, data, *, epochs, batch_size=32, eval_every=1, seed=0, out_dir
                              ("unconverged", "unconverged_presentations")
                              if hasattr(learner, k)}
         _write_json(out / "summary.json", summary)
+
+    def save(done: bool):
+        """Commit one position: the checkpoint first (it holds the records, so it can
+        regenerate the other two), then the views. A kill in between leaves the views one
+        position behind, and a resume rewrites them from the checkpoint."""
+        if out is None:
+            return
+        state["wall_time"] = wall()
         payload = {k: state[k] for k in state}
         payload.update(learner=learner.state_dict(), rng=gen.get_state(), config=config)
         atomic_write(ckpt_path, lambda f: torch.save(payload, f))
+        write_views(done)
 
+    if resumed:
+        remove_temporaries(out)
+        write_views(done=state["step"] == total)
     if state["step"] == 0 and not records["eval"]["examples"]:
         evaluate()
         save(done=total == 0)
@@ -262,6 +275,24 @@ def train(learner, data, *, epochs, batch_size=32, eval_every=1, seed=0, out_dir
     return History.from_records(records, depth, config)
 
 
+def _load_checkpoint(path: Path) -> dict:
+    """The checkpoint at ``path``; a ``ValueError`` in one line when it cannot be read (it is
+    written atomically, so only a file damaged or replaced by hand gets here)."""
+    try:
+        ckpt = torch.load(path, weights_only=True)
+    except Exception as err:  # torch raises EOFError, UnpicklingError, RuntimeError, ...
+        raise ValueError(f"resume: {path} cannot be read ({type(err).__name__}: "
+                         f"{' '.join(str(err).split())[:200]}); start afresh with "
+                         "overwrite=True (--overwrite) or another out_dir") from None
+    missing = [k for k in ("config", "learner", "rng", "step", "records") if k not in ckpt] \
+        if isinstance(ckpt, dict) else ["everything"]
+    if missing:
+        raise ValueError(f"resume: {path} is not a dendrite-sim checkpoint (it lacks "
+                         f"{', '.join(missing)}); start afresh with overwrite=True "
+                         "(--overwrite) or another out_dir")
+    return ckpt
+
+
 def _check_resume_config(saved: dict, current: dict):
     diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
     if diff:
@@ -289,5 +320,6 @@ def _summary(hist: History, config: dict, state: dict, per_epoch: int, total: in
                    "step_wall_time_per_epoch_s": state["step_wall_time"] / epochs_done
                    if epochs_done else float("nan"),
                    "sim_time": state["sim_time"], "batches": state["step"],
-                   "batches_total": total, "epochs_done": epochs_done},
+                   "batches_total": total, "epochs_done": epochs_done,
+                   **hist.timing()},
     }
