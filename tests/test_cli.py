@@ -235,6 +235,26 @@ def test_errors_print_one_line_and_exit_2(argv, needles, capsys):
     assert_one_line_error(capsys.readouterr().err, *needles)
 
 
+@pytest.mark.parametrize("sweep, values, needles", [
+    ("nu", "0.05:0.45:5", ["--sweep nu", "not a scalar hyper-parameter of TwoPhaseDTP",
+                           "eta_inv", "mu"]),
+    ("mu", "0.05:0.7:5", ["--sweep mu", "mu = 0.5375 is not allowed", "(0.0, 0.5)"]),
+])
+def test_analyze_rejects_a_bad_sweep_before_solving(sweep, values, needles, tmp_path, capsys,
+                                                    monkeypatch):
+    import dendrite_sim.dynamics.equilibrium as equilibrium
+
+    def must_not_solve(*args, **kwargs):
+        raise AssertionError("the equilibrium was solved before the sweep was checked")
+
+    monkeypatch.setattr(equilibrium, "fixed_point", must_not_solve)
+    out = tmp_path / "an"
+    assert main(["analyze", "two_phase", "--sweep", sweep, "--values", values,
+                 "--out", str(out)]) == 2
+    assert_one_line_error(capsys.readouterr().err, *needles)
+    assert not out.exists()
+
+
 def test_error_from_the_console_entry_point_has_no_traceback():
     result = subprocess.run(cli_command() + ["run", "no_such_model"], capture_output=True,
                             text=True, timeout=120)

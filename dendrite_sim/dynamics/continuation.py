@@ -33,7 +33,7 @@ from dendrite_sim.errors import NumericalError
 from dendrite_sim.dynamics.model import NetworkModel
 from dendrite_sim.dynamics.spectral import eigenvalues_sorted, jacobian_matrix
 
-__all__ = ["Continuation", "continuation", "with_parameter"]
+__all__ = ["Continuation", "continuation", "with_parameter", "check_sweep", "scalar_hyperparameters"]
 
 
 @dataclass
@@ -147,11 +147,36 @@ def _setter(model: NetworkModel, parameter) -> tuple[Callable, str]:
                          f"(model, value) -> model; got {parameter!r}")
     attr = getattr(type(model), parameter, None)
     read_only = isinstance(attr, property) and attr.fset is None
-    current = getattr(model, parameter, None)
-    if read_only or isinstance(current, bool) or not isinstance(current, numbers.Real):
+    if read_only or parameter not in scalar_hyperparameters(model):
         raise ValueError(f"parameter {parameter!r} is not a scalar hyper-parameter of "
-                         f"{type(model).__name__} that replace() can change")
+                         f"{type(model).__name__}; those are: "
+                         f"{', '.join(scalar_hyperparameters(model))}")
     return (lambda m, value: m.replace(**{parameter: value})), parameter
+
+
+def scalar_hyperparameters(model: NetworkModel) -> list[str]:
+    """The names a sweep can change by name: the model's public real-valued attributes and
+    settable properties (the seed aside: it only draws the initial weights)."""
+    settable = [name for name in dir(type(model))
+                if isinstance(getattr(type(model), name), property)
+                and getattr(type(model), name).fset is not None]
+    names = [*vars(model), *settable]
+    return sorted(name for name in set(names) if not name.startswith("_") and name != "seed"
+                  and isinstance(getattr(model, name), numbers.Real)
+                  and not isinstance(getattr(model, name), bool))
+
+
+def check_sweep(model: NetworkModel, parameter, values) -> tuple[Callable, str, np.ndarray]:
+    """``(apply, name, grid)`` of a sweep, every value checked by the model before anything is
+    solved (``ValueError`` naming the parameter and the value it rejects)."""
+    apply, name = _setter(model, parameter)
+    grid = _check_values(values)
+    for value in grid:
+        try:
+            apply(model, float(value))
+        except ValueError as err:
+            raise ValueError(f"{name} = {value:g} is not allowed: {err}") from None
+    return apply, name, grid
 
 
 def _checked(setter: Callable) -> Callable:
@@ -218,8 +243,7 @@ def continuation(model: NetworkModel, x, parameter, values, target=None, *, tol=
     Returns a :class:`Continuation`. Examples are solved together; at each value an example
     starts from its last converged equilibrium (or ``y0`` / the initial state before any).
     """
-    apply, name = _setter(model, parameter)
-    grid = _check_values(values)
+    apply, name, grid = check_sweep(model, parameter, values)
     drive = model.drive(x, target, gates)
     base = model.initial_state(drive, model.prepare(model.check_params(params)))
     start = base if y0 is None else model.check_state(y0, drive.batch_size)

@@ -294,7 +294,7 @@ def _teaching(kind, learner, y):
 def cmd_analyze(args) -> int:
     import torch
     from dendrite_sim.frontend import plots
-    from dendrite_sim.dynamics.continuation import continuation
+    from dendrite_sim.dynamics.continuation import check_sweep, continuation
     from dendrite_sim.dynamics.equilibrium import fixed_point
     from dendrite_sim.dynamics.spectral import spectrum
     if (args.sweep is None) != (args.values is None):
@@ -302,6 +302,11 @@ def cmd_analyze(args) -> int:
     values = parse_values(args.values) if args.values else None
     cfg, origin, run_dir, data, model, schedule, learner = _setup(args.target, args.set)
     _dynamic_learner(learner, "analyze")
+    if args.sweep:      # before anything is solved or written
+        try:
+            check_sweep(model, args.sweep, values)
+        except ValueError as err:
+            raise CLIError(f"--sweep {args.sweep}: {err}") from None
     n = cfg["output"]["examples"]
     x, y = _examples(data, learner, 0, n)
     out = _output_dir(args.out, cfg, "analyze")
