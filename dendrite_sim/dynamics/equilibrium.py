@@ -332,7 +332,8 @@ def _start(y, F, tol):
     return y.clone(), F.clone(), (_norm(F) > tol).nonzero().flatten()
 
 
-def _anderson(residual, y, F, tol, max_iter, step, memory=5, patience=5, rho=0.7):
+def _anderson(residual, y, F, tol, max_iter, step, memory=5, patience=5, rho=0.7,
+              max_restarts=10):
     """Anderson acceleration (type II) of the model's relaxation map ``G`` on the examples
     above ``tol`` (:meth:`~dendrite_sim.dynamics.model.NetworkModel.relaxation`: by default the Picard
     map ``y + step F(y)``; the mixing models sweep their layers, nonlinear Gauss-Seidel).
@@ -376,15 +377,16 @@ def _anderson(residual, y, F, tol, max_iter, step, memory=5, patience=5, rho=0.7
     iterations, limit, res, previous = 0, tol, best, best
     d_f = d_g = None                  # ring buffers of the history, once mixing has started
     recorded, keep = 0, best > limit
+    restarts = torch.zeros_like(touched)
     while iterations < max_iter and not residual.spent:
         active = int(keep.sum())
         if active == 0:
             break
         if 2 * active <= idx.numel():                       # compact to the live examples
             y[idx], F[idx] = y_best, f_best / step
-            idx, ya, ga, fa, res, previous, best, since_best, y_best, f_best = (
+            idx, ya, ga, fa, res, previous, best, since_best, y_best, f_best, restarts = (
                 v[keep] for v in (idx, ya, ga, fa, res, previous, best, since_best, y_best,
-                                  f_best))
+                                  f_best, restarts))
             sub = residual.subset(idx)
             if d_f is not None:
                 d_f, d_g = d_f[keep], d_g[keep]
@@ -417,7 +419,12 @@ def _anderson(residual, y, F, tol, max_iter, step, memory=5, patience=5, rho=0.7
         f_best = torch.where(better[:, None], fa, f_best)
         if d_f is not None:
             since_best = torch.where(better, 0, since_best + 1)
-            keep = keep & (since_best < patience)
+            stalled = keep & (since_best >= patience)
+            restart = stalled | (keep & (res > previous))
+            if bool(restart.any()):                     # forget the history
+                d_f[restart], d_g[restart] = 0.0, 0.0
+                restarts, since_best = restarts + stalled, torch.where(stalled, 0, since_best)
+                keep = keep & (restarts <= max_restarts)
         keep = keep & (res > limit)                          # NaN stops at once
     y[idx], F[idx] = y_best, f_best / step
     if image:                                             # the map residual is not F
