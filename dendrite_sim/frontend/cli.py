@@ -39,7 +39,7 @@ from dendrite_sim.learning.files import atomic_write
 from dendrite_sim.frontend.config import (ConfigError, build_data, build_learner, build_model,
                                           build_schedule, dumps_toml, model_names,
                                           model_registry, resolve_source, apply_overrides,
-                                          validate_config)
+                                          unset_keys, validate_config)
 from dendrite_sim.frontend.experiment import (environment, new_run_dir, read_run_config,
                                               run_experiment)
 from dendrite_sim.frontend.figures import (FIGURES, activity_figure, examples as _examples,
@@ -442,7 +442,8 @@ def cmd_compare(args) -> int:
 # ================================================================================================
 def cmd_config(args) -> int:
     cfg, origin, _ = _load(args.target, args.set)
-    sys.stdout.write(dumps_toml(cfg, header=f"resolved configuration (from {origin})"))
+    sys.stdout.write(dumps_toml(cfg, header=f"resolved configuration (from {origin})",
+                                unset=unset_keys(cfg)))
     return 0
 
 

@@ -61,7 +61,7 @@ __all__ = ["ConfigError", "SECTIONS", "TRAINING", "SOLVER", "OUTPUT", "model_reg
            "model_class", "load_config", "parse_override", "apply_overrides",
            "validate_config", "dumps_toml", "build_model", "build_schedule", "build_data",
            "learner_options", "build_learner", "default_config_path", "resolve_source",
-           "config_names", "learner_schema"]
+           "config_names", "learner_schema", "unset_keys"]
 
 SECTIONS = ("model", "data", "schedule", "learner", "training", "solver", "output", "sweep")
 
@@ -571,7 +571,7 @@ def validate_config(raw: dict) -> dict:
         raise ConfigError(f"[data] must be a table; got {_show(data)}")
     dname = data.get("name", "digits")
     schema = _data_schema(dname)
-    _check_keys("data", {k: v for k, v in data.items() if k != "name"}, schema)
+    _check_keys("data", data, {"name": None, **schema})
     out["data"] = {"name": dname,
                    **_resolve("data", data, schema, f"for data set {dname!r}")}
     # -- schedule
@@ -706,7 +706,7 @@ def _toml_value(value) -> str:
             return "inf" if value > 0 else "-inf"
         return repr(value)
     if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
+        return _toml_string(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
@@ -715,12 +715,20 @@ def _toml_value(value) -> str:
     raise ConfigError(f"cannot write {value!r} as TOML")
 
 
+def _toml_string(text: str) -> str:
+    """A TOML basic string: JSON's escapes, plus DEL, which TOML forbids raw and JSON
+    leaves alone."""
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
 def _key(k: str) -> str:
-    return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else json.dumps(k)
+    return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else _toml_string(k)
 
 
-def dumps_toml(cfg: dict, header: str = "") -> str:
-    """TOML text of a configuration (tables of scalars and lists; ``None`` left out)."""
+def dumps_toml(cfg: dict, header: str = "", unset: dict | None = None) -> str:
+    """TOML text of a configuration (tables of scalars and lists; ``None`` left out). With
+    ``unset`` (``{section: [key]}``, e.g. :func:`unset_keys`), each section ends with its
+    keys that have no value, as comments saying what applies instead."""
     lines = [f"# {line}" for line in header.splitlines()]
     for section, table in cfg.items():
         if lines:
@@ -735,7 +743,39 @@ def dumps_toml(cfg: dict, header: str = "") -> str:
                 lines.append("]")
             else:
                 lines.append(f"{_key(key)} = {_toml_value(value)}")
+        for key in (unset or {}).get(section, ()):
+            means = UNSET_MEANS.get(f"{section}.{key}", "the model's own default")
+            lines.append(f"# {key}: not set ({means})")
     return "\n".join(lines) + "\n"
+
+
+#: what an unset optional key means (written as comments in a run's config.toml)
+UNSET_MEANS = {
+    "training.max_eval": "evaluate on every example",
+    "training.diagnostics_every": "diagnostics at every evaluation",
+    "training.probe_size": "probe batch of batch_size examples",
+    "solver.step_size": "adaptive steps; fixed-step methods need it",
+    "solver.tol": "the dtype's default residual tolerance",
+    "solver.rate_tol": "the equilibrium solver's default",
+    "solver.dense_limit": "the equilibrium solver's default",
+    "data.max_train": "every training example",
+    "data.max_test": "every test example",
+    "schedule.phases": "the model's default schedule with the durations above",
+}
+
+
+def unset_keys(cfg: dict) -> dict:
+    """``{section: [key]}``: the known keys that the resolved configuration ``cfg`` leaves
+    without a value (the code's default applies; TOML has no null)."""
+    cls = model_class(cfg["model"]["name"])
+    schemas = {"model": _model_schema(cls), "data": _data_schema(cfg["data"]["name"]),
+               "schedule": {} if "phases" in cfg.get("schedule", {}) else _schedule_schema(cls),
+               "learner": learner_schema(learner_class_of(cfg["learner"]["name"])),
+               **_FIXED}
+    skip = {"output": ("dir",), "data": ("name",), "learner": ("name",)}
+    return {section: [k for k in schema if k not in cfg.get(section, {})
+                      and k not in skip.get(section, ())]
+            for section, schema in schemas.items()}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from pathlib import Path
 from dendrite_sim.frontend.config import (ConfigError, apply_overrides, build_data,
                                           build_learner, build_model, build_schedule,
                                           dumps_toml, load_config, resolve_source,
-                                          validate_config)
+                                          unset_keys, validate_config)
 
 __all__ = ["run_experiment", "RunDirError", "is_run_dir", "new_run_dir", "read_run_config",
            "environment", "RECORD", "ENVIRONMENT"]
@@ -215,7 +215,8 @@ def _write_config(run: Path, cfg: dict, origin: str) -> None:
     from dendrite_sim.learning.files import atomic_write
     stored = {s: dict(t) for s, t in cfg.items() if s != "sweep"}
     stored["output"].pop("dir", None)
-    text = dumps_toml(stored, header=f"dendrite-sim run configuration (from {origin})")
+    text = dumps_toml(stored, header=f"dendrite-sim run configuration (from {origin}); keys "
+                      "without a value are listed as comments", unset=unset_keys(stored))
     atomic_write(run / "config.toml", lambda f: f.write(text.encode("utf-8")), mode=0o644)
 
 
