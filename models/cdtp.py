@@ -64,7 +64,7 @@ from dendrite_sim.dynamics.gates import WAVEFORMS, oscillation
 from dendrite_sim.dynamics.layout import Layout
 from dendrite_sim.dynamics.model import NetworkModel
 from dendrite_sim.dynamics.transfer import make_transfer
-from dendrite_sim.errors import check_range
+from dendrite_sim.errors import check_bool, check_range
 
 __all__ = ["CDTP"]
 
@@ -98,6 +98,9 @@ class CDTP(NetworkModel):
     waveform, period, duty, gamma_min, fall, wave_delay : the default gate ``gamma(t)``
         (:func:`dendrite_sim.dynamics.gates.oscillation`); ``wave_delay > 0`` makes it a
         travelling wave ``gamma_l(t) = gamma(t - (l-1) wave_delay)``.
+    hold_feedback : where no gate sets ``gamma``, it sits at ``gamma_min`` (the feedback
+        phase alone, with the buffers held: its equilibrium, spectrum and continuation in
+        ``gamma_min``); default ``False``: 1, the feed-forward phase.
     init_gain : the forward weights start as ``init_gain`` times an orthogonal matrix (a
         scaled random one for unequal sizes), the feedback weights as the pseudo-inverse of
         the forward ones, ``Omega_l = W_l^+``.
@@ -111,7 +114,8 @@ class CDTP(NetworkModel):
                  eta_omega=0.0, decoder="difference", feedback_rule="delta2",
                  layer_factor=False, factor_eps=1e-4,
                  waveform="plateau", period=30.0, duty=0.3, gamma_min=0.0, fall=0.1,
-                 wave_delay=0.0, init_gain=1.0, seed=0, dtype=torch.float32, device="cpu"):
+                 wave_delay=0.0, hold_feedback=False, init_gain=1.0, seed=0,
+                 dtype=torch.float32, device="cpu"):
         sizes = [int(n) for n in sizes]
         if len(sizes) < 2 or any(n < 1 for n in sizes):
             raise ValueError(f"sizes must list at least two positive layer widths; got {sizes}")
@@ -126,6 +130,7 @@ class CDTP(NetworkModel):
                                                                   factor_eps)
         self.waveform, self.period, self.duty = waveform, period, duty
         self.gamma_min, self.fall, self.wave_delay = gamma_min, fall, wave_delay
+        self.hold_feedback = hold_feedback
         self.init_gain, self.seed = init_gain, seed
         self._validate()
         widths = sizes[1:]
@@ -147,6 +152,7 @@ class CDTP(NetworkModel):
         check_range("eta_omega", self.eta_omega, low=0.0)
         check_range("wave_delay", self.wave_delay, low=0.0)
         check_range("init_gain", self.init_gain, low=0.0, low_open=True)
+        check_bool("hold_feedback", self.hold_feedback)
         if self.feedback_rule not in FEEDBACK_RULES:
             raise ValueError(f"feedback_rule must be one of {FEEDBACK_RULES}; got "
                              f"{self.feedback_rule!r}")
@@ -216,8 +222,9 @@ class CDTP(NetworkModel):
 
     def gammas(self, t, drive) -> list:
         """``[gamma_1, ..., gamma_L]``: gate ``gamma_<l>`` where the schedule sets one (a
-        travelling wave), else the global ``gamma``."""
-        base = drive.gate("gamma", t, 1.0)
+        travelling wave), else the global ``gamma`` (where unset: 1, or ``gamma_min`` with
+        ``hold_feedback``)."""
+        base = drive.gate("gamma", t, self.gamma_min if self.hold_feedback else 1.0)
         return [drive.gate(f"gamma_{l}", t, base) for l in range(1, self.depth + 1)]
 
     # -- dynamics -------------------------------------------------------------------------
@@ -339,6 +346,17 @@ class CDTP(NetworkModel):
             return self.inversion_map(l, v, below, torch.zeros_like(v), gamma, params)
         jac = torch.func.vmap(torch.func.jacrev(r))(u, a_below)
         return torch.linalg.eigvals(jac).abs().max(-1).values
+
+    def feedback_phase(self, y_hold: torch.Tensor, gamma_min: float | None = None):
+        """The feedback phase alone: a view of this model with the gate held at ``gamma_min``
+        (default the model's; ``hold_feedback``) and the buffers ``a`` held at their values
+        in ``y_hold`` ``(B, N)`` (their rates vanish at ``gamma < gamma_ff``, so they are
+        no part of the equilibrium). Its equilibrium is the end point of the relaxation
+        (B20 Prop. 1, 2); ``continuation(view, x, lambda v, g: model.feedback_phase(y_hold,
+        g), values, target)`` follows it in ``gamma_min`` (docs/cdtp.md)."""
+        from dendrite_sim.learning.presentation import Frozen
+        level = self.gamma_min if gamma_min is None else gamma_min
+        return Frozen(self.replace(gamma_min=level, hold_feedback=True), ("a",), y_hold)
 
     # -- schedule -------------------------------------------------------------------------
     def gate_waveforms(self, cycles: int = 1) -> dict:

@@ -284,3 +284,47 @@ def test_exact_inverse_needs_equal_sizes():
     x, _ = batch()
     h = square.forward_pass(x)
     assert torch.allclose(square.exact_inverse(2, h[1]), h[0], atol=1e-10)
+
+
+# -- continuation in gamma_min -----------------------------------------------------------------
+def closed_form_relaxation(model, x, y, gamma, beta):
+    """The equilibrium of the feedback phase at constant ``gamma`` (buffers at the forward
+    pass) on a square leaky-ReLU network with the plain decoder, in closed form:
+    ``tau_L = a_L - (1 - gamma) beta dLoss/da_L``, ``h_l = tau_l`` (P1), ``tau_{l-1} =
+    f_l^{-1}(tau_l)`` (P2), ``sigma(u_l) = Omega_l^{-1} (tau_{l-1} - gamma a_{l-1}) / (1 -
+    gamma)`` (eq. 49), ``h_1 = f_1(x)``, ``s = 1``."""
+    a = model.forward_pass(x)
+    onehot = torch.nn.functional.one_hot(y, a[-1].shape[-1]).to(D)
+    tau = [None] * model.depth
+    tau[-1] = a[-1] - (1 - gamma) * beta * (torch.softmax(a[-1], -1) - onehot)
+    for l in range(model.depth, 1, -1):
+        tau[l - 2] = exact_inverse(model, l, tau[l - 1])
+    h = [a[0]] + tau[1:]
+    u = [a[0][..., :0]]
+    for l in range(2, model.depth + 1):
+        v = torch.linalg.solve(model.params["Omega"][l - 1],
+                               ((tau[l - 2] - gamma * a[l - 2]) / (1 - gamma)).T).T
+        u.append(torch.where(v >= 0, v, v / model.slope))
+    ones = [torch.ones_like(t[..., :1]) for t in tau]
+    parts = {"h": h, "a": a, "u": u, "tau": tau, "s": ones}
+    return torch.cat([parts[b.variable][b.layer - 1] for b in model.layout.blocks], -1)
+
+
+def test_continuation_in_gamma_min_follows_the_closed_form_equilibrium():
+    from dendrite_sim import continuation
+    model = square_net()
+    x, y = batch()
+    teach = Nudge(y, "cross_entropy", 0.3)
+    start = model.initial_state(model.drive(x, teach), model.params)
+    values = [0.8, 0.6, 0.4, 0.2, 0.0]          # from the gentle end, warm-started
+    res = continuation(model.feedback_phase(start, values[0]), x,
+                       lambda view, g: model.feedback_phase(start, g), values, teach,
+                       tol=1e-12)
+    assert bool(res.converged.all()) and bool(res.stable.all())
+    for k, gamma in enumerate(values):
+        view = model.feedback_phase(start, gamma)
+        expected = closed_form_relaxation(model, x, y, gamma, 0.3)
+        assert torch.allclose(view.embed(res.states[k]), expected, atol=1e-8)
+    # the targets do move with gamma_min (the teaching fades as (1 - gamma))
+    change = [float((res.states[k] - res.states[0]).norm()) for k in range(1, len(values))]
+    assert change == sorted(change) and change[0] > 1e-3
