@@ -79,6 +79,16 @@ def test_plot_eigenvalues(model, x, tmp_path):
         plots.plot_eigenvalues(spec, example=5)
 
 
+def test_identical_spectra_are_drawn_once_and_labelled():
+    a = np.array([-1.0 + 0.5j, -1.0 - 0.5j, -2.0])
+    ev = np.stack([a, a[::-1], a + 1e-12, a * 2])      # rows 0-2 coincide (any order)
+    fig = plots.plot_eigenvalues(ev)
+    points = [line for line in fig.axes[0].lines if line.get_marker() == "o"]
+    assert [line.get_label() for line in points] == ["examples 0, 1, 2 (same spectrum)",
+                                                     "example 3"]
+    assert len({line.get_color() for line in points}) == 2
+
+
 def test_plot_on_given_axes(model, x):
     fig = Figure()
     ax = fig.add_subplot(1, 2, 2)

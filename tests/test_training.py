@@ -249,7 +249,7 @@ def test_trajectory_file_holds_every_record(tmp_path, digits):
                  diagnostics_every=3, progress=False, out_dir=tmp_path)
     per_epoch = 10
     n_eval = 1 + 2 * 2
-    n_diag = len(range(0, 2 * per_epoch, 3))
+    n_diag = len(range(0, 2 * per_epoch, 3)) + 1      # + the end of training
     with np.load(tmp_path / "trajectory.npz") as z:
         files = set(z.files)
         for key in history.EVAL_KEYS:
@@ -261,7 +261,9 @@ def test_trajectory_file_holds_every_record(tmp_path, digits):
             assert z[f"diag_{key}"].shape == (n_diag,), key
         for key in ("diag_examples", "diag_batches", "diag_sim_time"):
             assert z[key].shape == (n_diag,)
-        np.testing.assert_array_equal(z["diag_batches"], np.arange(0, 20, 3))
+        np.testing.assert_array_equal(z["diag_batches"], [*range(0, 20, 3), 20])
+        assert z["diag_examples"][-1] == z["examples"][-1]   # they end where the curves do
+        assert np.isnan(z["diag_step_dW_norm"][-1]).all()    # no step after the end
         np.testing.assert_array_equal(z["batches"], [0, 5, 10, 15, 20])
     assert files == set(hist.arrays()) - set(history.TIMED_KEYS) | {"config_json"}
     loaded = History.from_npz(tmp_path / "trajectory.npz")   # wall times from summary.json

@@ -60,13 +60,33 @@ def presentation(cfg, learner, schedule, x, y, plastic=False):
                     breakpoints=schedule.breakpoints, plastic=plastic, **kwargs)
 
 
+def slow_lags(model, traj, drive) -> dict:
+    """``{variable: [(T, B, n_i) per layer]}``: for each slow variable the model declares a
+    relaxation for (``dv/dt = -k (v - target)``), ``target - v`` along ``traj`` (empty when
+    it declares none)."""
+    import torch
+    gaps = {}
+    for k, t in enumerate(traj.t):
+        relaxation = model.slow_relaxation(t, traj.y[k], drive)
+        if not relaxation:
+            return {}
+        parts = model.layout.unpack(traj.y[k])
+        for name, (_, target) in relaxation.items():
+            gaps.setdefault(name, []).append(target - torch.cat(parts[name], dim=-1))
+    return {name: list(torch.stack(g).split(model.layout.variables[name], dim=-1))
+            for name, g in gaps.items()}
+
+
 def activity_figure(cfg, learner, schedule, x, y, path, plastic=False):
     """``activity.png``: one presentation of ``(x, y)``, phases shaded; returns the
     trajectory."""
     from dendrite_sim.frontend import plots
     traj = presentation(cfg, learner, schedule, x, y, plastic)
-    fig = plots.plot_activity(_Shown(traj), phases=phases(schedule), gamma=_gamma(schedule))
-    fig.suptitle(f"{type(learner.model).__name__}: one presentation of example "
+    model = learner.model
+    lags = slow_lags(model, traj, model.drive(x, learner.teaching(y), schedule.gates))
+    fig = plots.plot_activity(_Shown(traj), phases=phases(schedule), gamma=_gamma(schedule),
+                              deviation_from=schedule.boundaries[1], slow=lags)
+    fig.suptitle(f"{type(model).__name__}: one presentation of example "
                  f"{cfg['output']['example']}\n(output nudged with eta_hat = {learner.eta_hat:g} "
                  "when teaching is on; first 16 units per layer)", fontsize="medium")
     plots.save(fig, path, dpi=cfg["output"]["dpi"])

@@ -68,27 +68,67 @@ def _gamma_values(gamma, t: np.ndarray) -> np.ndarray:
 
 
 # -- activity --------------------------------------------------------------------------------
-def plot_activity(trajectory, example: int = 0, phases=None, gamma=None, fig=None) -> Figure:
+def plot_activity(trajectory, example: int = 0, phases=None, gamma=None, fig=None,
+                  deviation_from=None, slow=None) -> Figure:
     """Somatic rates of one example, one panel per layer (one line per unit) against ``t``.
 
     ``phases``: list of ``(start, end, label)`` shaded on every panel; ``gamma``: a callable
     ``t -> value`` or an array over ``trajectory.t``, drawn on a twin axis of every panel.
+    ``deviation_from``: a time ``t_ref``; adds a panel of ``||h_i(t) - h_i(t_ref)||`` per layer
+    (log scale), where a nudge of the output and its descent through the layers show even
+    when they are too small to see in the rates. ``slow``: ``{name: [(T, B, n_i) per layer]}``,
+    the lag of a slow variable behind what it relaxes to (e.g. a trace of the free-phase
+    rates); adds a panel per variable with its norm per layer (log scale).
     """
     t = _np(trajectory.t)
     layers = trajectory.layers
     example = _check_example(example, layers[0].shape[1])
     gamma_t = None if gamma is None else _gamma_values(gamma, t)
-    fig, axes = _panels(len(layers), fig)
+    slow = dict(slow or {})
+    extra = (deviation_from is not None) + len(slow)
+    fig, axes = _panels(len(layers) + extra, fig)
     for i, (ax, h) in enumerate(zip(axes, layers), start=1):
         ax.plot(t, _np(h[:, example]), lw=1)
-        ax.set_ylabel(f"h[{i}]")
+        ax.set_ylabel(f"rate h[{i}]")
+    panels = iter(axes[len(layers):])
+    if deviation_from is not None:
+        _deviation_panel(next(panels), t, layers, example, float(deviation_from))
+    for name, values in slow.items():
+        _slow_panel(next(panels), t, values, example, name)
+    for ax in axes:
         _shade_phases(ax, phases)
         if gamma_t is not None:
             twin = ax.twinx()
             twin.plot(t, gamma_t, color="k", ls="--", lw=1)
             twin.set_ylabel("gamma")
-    axes[-1].set_xlabel("t")
+    axes[-1].set_xlabel("t (τ)")
     return fig
+
+
+def _deviation_panel(ax, t, layers, example, t_ref):
+    ref = int(np.argmin(np.abs(t - t_ref)))
+    curves = {f"layer {i}": np.linalg.norm(_np(h[:, example]) - _np(h[ref, example]), axis=-1)
+              for i, h in enumerate(layers, start=1)}
+    _log_curves(ax, t[ref + 1:], {k: v[ref + 1:] for k, v in curves.items()})
+    ax.set_ylabel(f"change since t = {t[ref]:g}\n||h[i](t) - h[i]({t[ref]:g})||")
+
+
+def _slow_panel(ax, t, lags, example, name):
+    _log_curves(ax, t, {f"layer {i}": np.linalg.norm(_np(lag[:, example]), axis=-1)
+                        for i, lag in enumerate(lags, start=1)})
+    ax.set_ylabel(f"{name} lag: ||{name}[i] -\nwhat it tracks||")
+
+
+def _log_curves(ax, t, curves: dict):
+    """Non-negative curves on a log scale whose floor is 1e-8 of their largest value (exact
+    zeros and round-off are not drawn as decades of signal)."""
+    top = max((float(np.nanmax(c)) for c in curves.values() if c.size), default=0.0)
+    floor = 1e-8 * top if top > 0 else 1e-300
+    for label, c in curves.items():
+        ax.plot(t, np.maximum(c, floor), lw=1.2, label=label)
+    ax.set_yscale("log")
+    ax.set_ylim(bottom=floor)
+    ax.legend(fontsize="small", ncol=min(len(curves), 4))
 
 
 # -- spectra ---------------------------------------------------------------------------------
@@ -103,14 +143,34 @@ def plot_eigenvalues(spectrum, example=None, ax=None) -> Figure:
     fig, ax = _axis(ax)
     ax.axvline(0.0, color="k", lw=1)
     ax.axhline(0.0, color="0.7", lw=0.5)
-    for b, row in enumerate(ev):
-        ax.plot(row.real, row.imag, "o", ms=4, alpha=0.7,
-                label=f"example {b if example is None else example}")
-    ax.set_xlabel("Re λ")
-    ax.set_ylabel("Im λ")
+    numbers = list(range(len(ev))) if example is None else [example]
+    for color, group in enumerate(_same_spectra(ev)):
+        names = ", ".join(str(numbers[b]) for b in group)
+        label = f"example {names}" if len(group) == 1 else f"examples {names} (same spectrum)"
+        row = ev[group[0]]
+        ax.plot(row.real, row.imag, "o", ms=4, alpha=0.7, color=f"C{color % 10}", label=label)
+    ax.set_xlabel("Re λ (1/τ)")
+    ax.set_ylabel("Im λ (1/τ)")
     if len(ev) <= 10:
         ax.legend(fontsize="small")
     return fig
+
+
+def _same_spectra(ev: np.ndarray, rtol: float = 1e-6) -> list[list[int]]:
+    """Rows of ``ev`` grouped where their eigenvalues coincide (sorted, within ``rtol`` of
+    the spectrum's scale), so that identical spectra are drawn once, not hidden under each
+    other."""
+    keys = [np.sort_complex(np.nan_to_num(row)) for row in ev]
+    scale = max(float(np.abs(np.nan_to_num(ev)).max(initial=0.0)), 1e-300)
+    groups: list[list[int]] = []
+    for b, key in enumerate(keys):
+        for group in groups:
+            if np.abs(keys[group[0]] - key).max(initial=0.0) <= rtol * scale:
+                group.append(b)
+                break
+        else:
+            groups.append([b])
+    return groups
 
 
 def plot_continuation(cont, example=None, ax=None) -> Figure:

@@ -204,6 +204,17 @@ def train(learner, data, *, epochs, batch_size=32, eval_every=1, seed=0, out_dir
         for k, v in values.items():
             records["eval"][k].append(float(v))
 
+    def sample_diagnostics():
+        dg = records["diag"]
+        earlier = len(dg["examples"])
+        for name, value in layer_diagnostics(learner, xp, yp, n_eig=n_eig).items():
+            # a diagnostic first met now is NaN at the earlier samples
+            blank = [float("nan")] * depth if isinstance(value, list) else float("nan")
+            dg.setdefault(name, [blank] * earlier).append(value)
+        dg["examples"].append(state["examples"])
+        dg["batches"].append(state["step"])
+        dg["sim_time"].append(state["sim_time"])
+
     def write_views(done: bool):
         """trajectory.npz, then summary.json (with ``complete``): both of the checkpoint's
         position, ``timing.batches`` (= the trajectory's last ``batches``)."""
@@ -229,6 +240,8 @@ def train(learner, data, *, epochs, batch_size=32, eval_every=1, seed=0, out_dir
 
     if resumed:
         remove_temporaries(out)
+        if state["step"] < total:          # extended: the end-of-training sample goes
+            _drop_end_sample(records["diag"], state["step"])
         write_views(done=state["step"] == total)
     if state["step"] == 0 and not records["eval"]["examples"]:
         evaluate()
@@ -240,15 +253,7 @@ def train(learner, data, *, epochs, batch_size=32, eval_every=1, seed=0, out_dir
             idx = state["perm"][state["pos"] * batch_size:(state["pos"] + 1) * batch_size]
             diag_now = diag_steps > 0 and state["step"] % diag_steps == 0
             if diag_now:
-                dg = records["diag"]
-                earlier = len(dg["examples"])
-                for name, value in layer_diagnostics(learner, xp, yp, n_eig=n_eig).items():
-                    # a diagnostic first met now is NaN at the earlier samples
-                    blank = [float("nan")] * depth if isinstance(value, list) else float("nan")
-                    dg.setdefault(name, [blank] * earlier).append(value)
-                dg["examples"].append(state["examples"])
-                dg["batches"].append(state["step"])
-                dg["sim_time"].append(state["sim_time"])
+                sample_diagnostics()
             t0 = time.perf_counter()
             info = learner.step(x_tr[idx], y_tr[idx])
             state["step_wall_time"] += time.perf_counter() - t0
@@ -260,6 +265,9 @@ def train(learner, data, *, epochs, batch_size=32, eval_every=1, seed=0, out_dir
             state["sim_time"] += float(info.get("sim_time", 0.0))
             if state["pos"] == per_epoch:
                 state["pos"], state["epoch"], state["perm"] = 0, state["epoch"] + 1, None
+            if diag_steps > 0 and state["step"] == total:
+                sample_diagnostics()     # the diagnostics end where the learning curves do
+                records["diag"]["step_dW_norm"].append([float("nan")] * depth)  # no step follows
             if state["step"] % eval_steps == 0 or state["step"] == total:
                 evaluate()
                 save(done=state["step"] == total)
@@ -273,6 +281,15 @@ def train(learner, data, *, epochs, batch_size=32, eval_every=1, seed=0, out_dir
     finally:
         bar.close()
     return History.from_records(records, depth, config)
+
+
+def _drop_end_sample(diag: dict, step: int) -> None:
+    """Remove the diagnostics sampled at the end of a shorter run (batch ``step``; every other
+    sample precedes a step), so that an extended run samples as an uninterrupted one."""
+    if diag["batches"] and diag["batches"][-1] == step:
+        for values in diag.values():
+            if values:
+                values.pop()
 
 
 def _load_checkpoint(path: Path) -> dict:
