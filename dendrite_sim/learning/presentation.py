@@ -78,7 +78,7 @@ from dendrite_sim.dynamics.integrators import Integrator
 from dendrite_sim.dynamics.layout import Layout
 from dendrite_sim.dynamics.model import Drive, NetworkModel
 from dendrite_sim.learning.schedule import Schedule
-from dendrite_sim.learning.transient import transient_rates
+from dendrite_sim.learning.transient import drift_lag, transient_rates
 
 __all__ = ["present", "Presentation", "Frozen", "frozen_variables", "MODES"]
 
@@ -288,7 +288,7 @@ def _quasi_static(model, x, target, schedule, params, tol, rate_tol, max_iter, e
         start = y
         y, y_mean = _relax_slow(model, drive, prepared, y_star, slow, t0, piece.duration)
         rates = transient_rates(model, view, drive, prepared, t0, start, y_star, y_mean,
-                                piece.duration, rate_tol) \
+                                piece.duration) \
             if transient and _plastic_groups(model, phase, params) else \
             model.plasticity(t0, y_mean, drive, prepared)
         params = _euler_step(model, params, rates, piece.duration)
@@ -296,7 +296,7 @@ def _quasi_static(model, x, target, schedule, params, tol, rate_tol, max_iter, e
         if last and not end_state:
             break
         if coarse or _moving(model, rates):  # end at the equilibrium of the end weights, to tol
-            prepared = model.prepare(params)
+            prepared, before = model.prepare(params), y_star
             if pair and not last:
                 y_star, ahead, eq = _equilibrate_pair(view, y_star, drive, pieces[k + 1].gates,
                                                       params, prepared, solve)
@@ -304,6 +304,9 @@ def _quasi_static(model, x, target, schedule, params, tol, rate_tol, max_iter, e
                 y_star, eq = _equilibrate(view, y_star, drive, params, prepared, solve)
             nfev, converged, worst = _tally(eq, phase, nfev, converged, worst)
             y, _ = _relax_slow(model, drive, prepared, y_star, slow, t0, piece.duration)
+            if transient and _moving(model, rates):
+                y = y + drift_lag(model, view, drive, prepared, t0, before, y_star,
+                                  piece.duration)
         if piece.last:
             states[phase.name] = y
     return Presentation(params, states, nfev, schedule.duration, "quasi_static", converged,

@@ -28,40 +28,56 @@ import math
 
 import torch
 
-from dendrite_sim.dynamics.equilibrium import _batched_gmres
 from dendrite_sim.dynamics.spectral import field_jacobian
 from dendrite_sim.errors import NumericalError, all_finite
 
-__all__ = ["transient_rates", "transient_integral", "DENSE_LIMIT"]
+__all__ = ["transient_rates", "transient_integral", "DENSE_LIMIT", "REL_TOL"]
 
-#: largest number of solved variables for a dense Jacobian and LU solve; above, GMRES on JVPs
+#: largest number of solved variables for a dense Jacobian and LU solve; above, GMRES
 DENSE_LIMIT = 64
+#: default relative residual of the GMRES solve (docs/derivations.md §10: the weight change
+#: moves by ~rel_tol times the correction, itself ~10-20 % of it)
+REL_TOL = 1e-2
+#: the same for a phase that trains only ``model.coarse_rate_groups`` (rules that read the
+#: reconstruction error, whose transient is a few % of their change: docs/derivations.md §10)
+COARSE_REL_TOL = 0.1
+#: most GMRES steps (no restart); a solve still above tolerance there raises
+MAX_ITER = 40
 
 
 def transient_rates(model, view, drive, prepared, t, start, y_star, y_mean, duration,
-                    rel_tol=1e-3) -> dict:
+                    rel_tol=None) -> dict:
     """The plasticity's rates over a phase with the activity's transient: ``rate(y_mean) +
     D_y rate(y_mean)[delta] / duration`` (10.5), same structure as ``model.plasticity``.
 
     ``view``: the model, or its ``Frozen`` view on the variables the phase solves (held
     values those of ``start``); ``start``, ``y_star``: full states at the start of the phase
     (after any jump) and at its equilibrium; ``y_mean``: the phase-average state the plain
-    step uses; ``rel_tol``: relative residual of the GMRES solve (large states).
+    step uses; ``rel_tol``: relative residual of the GMRES solve (large states); default
+    :data:`REL_TOL`, or :data:`COARSE_REL_TOL` where only ``model.coarse_rate_groups`` learn.
     """
+    base = model.plasticity(t, y_mean, drive, prepared)
+    if rel_tol is None:
+        rel_tol = COARSE_REL_TOL if _coarse_only(model, base) else REL_TOL
     delta = transient_integral(model, view, drive, prepared, t, start, y_star, duration,
                                rel_tol)
-    base = model.plasticity(t, y_mean, drive, prepared)
-    up, down = _central(lambda y: model.plasticity(t, y, drive, prepared), y_mean, delta)
-    step = 1.0 / (2.0 * duration)
-    out = {}
-    for name, rates in base.items():
-        out[name] = [None if r is None else r + step * (a - b)
-                     for r, a, b in zip(rates, up[name], down[name])]
-    return out
+    e = _step(y_mean, delta)
+    with torch.no_grad():
+        moved = model.plasticity(t, y_mean + e * delta, drive, prepared)
+    scale = 1.0 / (e * duration)
+    return {name: [None if r is None else r + scale * (m - r) for r, m in zip(rates, moved[name])]
+            for name, rates in base.items()}
+
+
+def _coarse_only(model, rates) -> bool:
+    """Whether every parameter with a rate belongs to ``model.coarse_rate_groups``."""
+    coarse = {n for g in model.coarse_rate_groups for n in model.plastic_groups.get(g, ())}
+    moving = {n for n, r in rates.items() if any(v is not None for v in r)}
+    return bool(moving) and moving <= coarse
 
 
 def transient_integral(model, view, drive, prepared, t, start, y_star, duration,
-                       rel_tol=1e-3) -> torch.Tensor:
+                       rel_tol=REL_TOL) -> torch.Tensor:
     """``delta = int_0^T (y(t) - y_qs(t)) dt`` to first order, ``(B, N)``: (10.2) in the
     variables ``view`` solves, (10.4) in the slow ones that follow them, 0 in the others."""
     frozen = hasattr(view, "restrict")
@@ -79,9 +95,10 @@ def transient_integral(model, view, drive, prepared, t, start, y_star, duration,
 
 def _response(view, drive, prepared, t, h_star, gap, rel_tol):
     """``-J^{-1} gap`` per example, ``J`` the Jacobian of ``view``'s field at ``h_star``
-    (10.2): dense LU up to :data:`DENSE_LIMIT` variables, else GMRES on JVPs to ``rel_tol``.
-    Raises :class:`NumericalError` if the solve fails (singular or non-finite Jacobian, no
-    convergence)."""
+    (10.2): dense LU up to :data:`DENSE_LIMIT` variables, else GMRES (:func:`_gmres`) on
+    forward differences of the field, right-preconditioned by the time constants (solve
+    ``J T u = -gap``, ``delta = T u``). Raises :class:`NumericalError` if the solve fails
+    (singular or non-finite Jacobian, no convergence)."""
     if h_star.shape[-1] <= DENSE_LIMIT:
         jac = field_jacobian(view, drive, h_star, prepared, t)
         out, info = torch.linalg.solve_ex(jac, -gap)
@@ -89,29 +106,84 @@ def _response(view, drive, prepared, t, h_star, gap, rel_tol):
             raise NumericalError("quasi-static transient: the Jacobian of the activity at the "
                                  "phase's equilibrium is singular or not finite")
         return out
-
-    def matvec(v):
-        up, down = _central(lambda u: view.field(t, u, drive, prepared), h_star, v)
-        return (up - down) / 2.0
-
+    scales = _time_constants(view, h_star)
     with torch.no_grad():
-        out = _batched_gmres(matvec, -gap, rel_tol)
-        residual = (matvec(out) + gap).norm(dim=-1)
-    # the recomputed residual carries the differences' rounding (float32: ~1e-4 relative),
-    # so the check is loose: it catches a failed solve (an unstable or singular Jacobian)
-    if not all_finite(out) or bool((residual > 0.1 * gap.norm(dim=-1)).any()):
-        raise NumericalError(f"quasi-static transient: GMRES left a relative residual above "
-                             f"0.1 (worst absolute {float(residual.max()):.3g}; asked "
-                             f"{rel_tol:g}); is the phase's equilibrium stable?")
+        at_star = view.field(t, h_star, drive, prepared)
+
+        def matvec(u):                       # J T u by a forward difference about h_star
+            v = u if scales is None else u * scales
+            e = _step(h_star, v)
+            return (view.field(t, h_star + e * v, drive, prepared) - at_star) / e
+
+        out, relative = _gmres(matvec, -gap, rel_tol)
+    if not all_finite(out) or bool((relative > 2.0 * rel_tol).any()):
+        raise NumericalError(f"quasi-static transient: GMRES left a relative residual of "
+                             f"{float(relative.max()):.3g} (asked {rel_tol:g}) after "
+                             f"{MAX_ITER} iterations; is the phase's equilibrium stable?")
+    return out if scales is None else out * scales
+
+
+def _time_constants(view, like):
+    """The time constant of each column of ``view``'s state, ``(N,)``, or ``None`` when all
+    are equal (a common factor changes nothing in GMRES)."""
+    constants = view.time_constants
+    if len(set(constants.values())) == 1:
+        return None
+    out = like.new_empty(like.shape[-1])
+    for v, tau in constants.items():
+        out[view.layout.variable_slice(v)] = tau
     return out
+
+
+def _gmres(matvec, rhs, rel_tol, max_iter=None):
+    """GMRES from 0 for ``A_b x_b = rhs_b`` per example, ``A`` given by ``matvec``
+    (Saad & Schultz 1986), with the least work per step beside ``matvec``: Arnoldi by
+    classical Gram-Schmidt (elementwise products: batched matrix-vector products are slower
+    at these sizes), and the residual norm of every example from the left null vector ``z``
+    of the Hessenberg matrix ``H`` (``z^T H = 0``, ``z_0 = 1``, one new entry per step:
+    ``min ||beta e_1 - H c|| = beta / ||z||``) instead of a least-squares solve per step; one
+    QR solve at the end. Stops when every example is below ``rel_tol * ||rhs_b||`` or after
+    ``max_iter`` (default :data:`MAX_ITER`) steps. Returns ``(x, relative residual per
+    example)``."""
+    max_iter = MAX_ITER if max_iter is None else max_iter
+    tiny = torch.finfo(rhs.dtype).tiny
+    beta = rhs.norm(dim=-1)
+    basis = rhs.new_empty(max_iter + 1, *rhs.shape)                # (steps + 1, B, N)
+    basis[0] = rhs / beta.clamp_min(tiny)[:, None]
+    hess = rhs.new_zeros(max_iter + 1, max_iter, rhs.shape[0])
+    null = rhs.new_zeros(max_iter + 1, rhs.shape[0])
+    null[0] = 1.0
+    done = beta == 0
+    for j in range(max_iter):
+        w = matvec(basis[j])
+        col = (basis[:j + 1] * w).sum(-1)
+        w = w - (col[:, :, None] * basis[:j + 1]).sum(0)
+        below = w.norm(dim=-1)
+        hess[:j + 1, j], hess[j + 1, j] = col, below
+        basis[j + 1] = w / below.clamp_min(tiny)[:, None]
+        # z_{j+1} = -sum_i z_i H_ij / H_{j+1,j}; a breakdown (H_{j+1,j} = 0) solves exactly
+        null[j + 1] = -(null[:j + 1] * col).sum(0) / below.clamp_min(tiny)
+        if bool((done | (null[:j + 2].norm(dim=0) * rel_tol >= 1.0)).all()):
+            break
+    steps = j + 1
+    hess = hess[:steps + 1, :steps].permute(2, 0, 1)               # (B, steps + 1, steps)
+    q, r = torch.linalg.qr(hess)
+    r = r + torch.diag_embed((r.diagonal(dim1=-2, dim2=-1) == 0).to(r.dtype))  # breakdowns
+    coef = torch.linalg.solve_triangular(r, q[:, :1].mT * beta[:, None, None], upper=True)
+    x = (coef[:, :, 0].T[:, :, None] * basis[:steps]).sum(0)
+    residual = (hess @ coef)[:, :, 0]
+    residual[:, 0] -= beta
+    return x, residual.norm(dim=-1) / beta.clamp_min(tiny)
 
 
 def _slow_response(model, drive, prepared, t, y_star, delta, slow, duration):
     """(10.4): ``T phi_1(-kT) D_y F_v [delta]`` in the columns of each slow variable ``v``
     (``F_v`` its rate, ``k`` its relaxation rate), 0 elsewhere. Exact for the linear trace
     when ``kT >> 1`` or ``k = 0``; for ``0 < kT ~ 1`` to relative order ``k tau``."""
-    up, down = _central(lambda y: model.rates(t, y, drive, prepared, slow), y_star, delta)
-    pulled = (up - down) / 2.0
+    e = _step(y_star, delta)
+    with torch.no_grad():
+        pulled = (model.rates(t, y_star + e * delta, drive, prepared, slow) -
+                  model.rates(t, y_star, drive, prepared, slow)) / e
     out, col = torch.zeros_like(delta), 0
     declared = model.slow_relaxation(t, y_star, drive)
     for v in model.layout.variables:
@@ -126,27 +198,20 @@ def _slow_response(model, drive, prepared, t, y_star, delta, slow, duration):
     return out
 
 
-def _central(f, y, v):
-    """``f(y + e v) / e`` and ``f(y - e v) / e`` (any nest of dicts and lists of tensors or
-    ``None``): ``(up - down) / 2`` is the directional derivative ``D f(y)[v]`` by central
-    differences, truncation error ``O(e^2)``, ``e = eps^(1/3) (1 + max|y|) / max|v|`` (relative
-    error ~1e-5 in float32, ~1e-10 in float64). A central difference costs two evaluations;
-    ``torch.func.jvp`` of these fields costs 6-20 (digits network, batch 32)."""
-    scale = float(v.abs().max())
-    if scale == 0.0:
-        e = 1.0
-    else:
-        e = torch.finfo(y.dtype).eps ** (1.0 / 3.0) * (1.0 + float(y.abs().max())) / scale
-    with torch.no_grad():
-        return _scaled(f(y + e * v), 1.0 / e), _scaled(f(y - e * v), 1.0 / e)
-
-
-def _scaled(value, factor):
-    if isinstance(value, dict):
-        return {k: _scaled(v, factor) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_scaled(v, factor) for v in value]
-    return None if value is None else value * factor
+def _step(y, v, per_example=False):
+    """The step ``e`` of the forward difference ``(f(y + e v) - f(y)) / e ~ D f(y)[v]``:
+    ``e = sqrt(eps) (1 + max|y|) / max|v|`` (1 where ``v = 0``), a number or, per example,
+    ``(B, 1)``. Truncation ``O(e |v|^2)`` and rounding ``O(eps / e)`` errors are both
+    ``~sqrt(eps)`` relative (3e-4 in float32, 1.5e-8 in float64), below the solve's
+    tolerance; a forward difference costs one evaluation (the base point's is shared), a
+    central one two, ``torch.func.jvp`` of these fields 6-20."""
+    root = torch.finfo(y.dtype).eps ** 0.5
+    if per_example:
+        size = v.abs().amax(-1, keepdim=True)
+        return torch.where(size > 0, root * (1.0 + y.abs().amax(-1, keepdim=True)) /
+                           size.clamp_min(torch.finfo(y.dtype).tiny), 1.0)
+    size = float(v.abs().max())
+    return 1.0 if size == 0.0 else root * (1.0 + float(y.abs().max())) / size
 
 
 def _probed_rate(model, drive, prepared, t, y, v, sl):
@@ -167,3 +232,47 @@ def _integrated_response(k, duration):
     moving = k > 0
     safe = torch.where(moving, k, 1.0)
     return torch.where(moving, -torch.expm1(-safe * duration) / safe, duration)
+
+
+def drift_lag(model, view, drive, prepared, t, before, after, duration,
+              rel_tol=COARSE_REL_TOL) -> torch.Tensor:
+    """How far the state at the end of a phase lags the equilibrium of the weights it ends
+    with, to first order in the weights' rates (docs/derivations.md §10, (10.6)): while the
+    weights move at a constant rate the equilibrium drifts, ``dh*/dt = (after - before) /
+    duration`` (``before``, ``after``: full equilibrium states at the start and end weights),
+    and the activity trails it by ``J^{-1} dh*/dt`` (``J`` at ``after``); a slow variable
+    with ``dv/dt = -k (v - v*(h))`` trails its drifting target by ``dv*/dt / k`` besides,
+    ``lag_v = D_h v*[lag_h] - D_h v*[dh*/dt] / k`` (``k = 0``: it does not move, no lag).
+    Returns the ``(B, N)`` lag to add to the quasi-static end state."""
+    frozen = hasattr(view, "restrict")
+    restrict = view.restrict if frozen else (lambda y: y)
+    drift = (restrict(after) - restrict(before)) / duration
+    lag = -_response(view, drive, prepared, t, restrict(after), drift, rel_tol)
+    if not frozen:
+        return lag
+    zeros = torch.zeros_like(view.hold)
+    lag, drift = view.embed(lag, zeros), view.embed(drift, zeros)
+    slow = tuple(v for v in model.slow_variables if v in view.frozen)
+    if not slow:
+        return lag
+    declared = model.slow_relaxation(t, after, drive)
+    for v in slow:
+        sl = model.layout.variable_slice(v)
+        k = declared[v][0] if declared is not None else \
+            _probed_rate(model, drive, prepared, t, after, v, sl)
+        moving = (k > 0) if isinstance(k, torch.Tensor) else k > 0
+        if not isinstance(moving, torch.Tensor) and not moving:
+            continue
+        pull = lambda d: _directional(lambda y: model.rates(t, y, drive, prepared, (v,)),
+                                      after, d)                       # k D_h v*[d]
+        safe = torch.where(moving, k, 1.0) if isinstance(k, torch.Tensor) else k
+        value = pull(lag) / safe - pull(drift) / safe ** 2
+        lag[:, sl] = torch.where(moving, value, 0.0) if isinstance(k, torch.Tensor) else value
+    return lag
+
+
+def _directional(f, y, v):
+    """``D f(y)[v]`` by a forward difference (:func:`_step`)."""
+    e = _step(y, v)
+    with torch.no_grad():
+        return (f(y + e * v) - f(y)) / e
