@@ -16,7 +16,7 @@ import torch
 
 from dendrite_sim.dynamics.layout import Layout
 from dendrite_sim.dynamics.model import NetworkModel
-from dendrite_sim.learning import present, transient
+from dendrite_sim.learning import present, presentation, transient
 from dendrite_sim.models import Mixture, TwoPhaseDTP
 from dendrite_sim.schedule import Phase, Schedule
 from dendrite_sim.teaching import Nudge
@@ -151,30 +151,37 @@ def test_mixture_quasi_static_matches_coupled():
     assert max(gaps[False]["W"]) > 0.1, gaps
 
 
-def test_two_phase_quasi_static_matches_coupled():
-    """Two-phase DTP, default 20-tau phases, eta = 1e-4 (``W``). Measured: with the transient
-    W 0.2 / 0.6 / 0.3 %, Q 0.8 / 0.1 %; plain W 22 / 14 / 7 %, Q 6 / 0.6 %.
+def test_two_phase_quasi_static_matches_coupled(monkeypatch):
+    """Two-phase DTP, default 20-tau phases, eta = eta_inv = 1e-4 (the issue's check).
+    Measured: with the transient and the drift lag W 0.5 / 0.6 / 0.3 %, Q 0.8 / 0.1 %; plain
+    W 12 / 16 / 7 %, Q 6 / 0.6 %.
 
-    ``eta_inv`` is 1e-5 here: at ``eta_inv = 1e-4`` the layer-1 ``W`` gap is 10 % with or
-    without the correction. That part is not the transient: while ``Q`` moves in the free
-    phase the trace lags ``h^f`` by ``~T_z dh^f/dt`` (first order in ``eta_inv``), and the
-    layer-1 signal ``z_1 - h^l_1`` is as small as what ``Q``'s step moves (docs/derivations.md
-    §6, §10)."""
-    model = TwoPhaseDTP([4, 8, 8, 3], mu=0.1, eta=1e-4, eta_inv=1e-5, dtype=F64, seed=1,
+    Negative control for the drift lag (10.6): without it the layer-1 ``W`` is 10 % from
+    coupled (4 % at layer 2): while ``Q`` learns in the free phase the free equilibrium
+    drifts, the activity and the trace trail it, and the trace remembers a value
+    ``(T_z - J^{-1}) dh^f/dt`` behind the quasi-static one; the layer-1 signal ``z_1 - h^l_1``
+    is as small as what ``Q``'s step moves (docs/derivations.md §6, §10). It is first order
+    in ``eta_inv``: 1.2 % at ``eta_inv = 1e-5``."""
+    model = TwoPhaseDTP([4, 8, 8, 3], mu=0.1, eta=1e-4, eta_inv=1e-4, dtype=F64, seed=1,
                         bias=True)
-    gaps = _gaps(model, batch(8, 4, 0), Nudge(batch(8, 3, 1, 0.5), "mse", 0.1),
-                 model.default_schedule())
+    args = (model, batch(8, 4, 0), Nudge(batch(8, 3, 1, 0.5), "mse", 0.1),
+            model.default_schedule())
+    gaps = _gaps(*args)
     assert max(max(v) for v in gaps[True].values()) < 0.02, gaps
-    assert max(gaps[False]["W"]) > 0.15, gaps
+    assert max(gaps[False]["W"]) > 0.1, gaps
+    monkeypatch.setattr(presentation, "drift_lag", lambda *a, **k: 0.0)
+    without_lag = _gaps(*args)[True]
+    assert without_lag["W"][0] > 0.05, without_lag
 
 
 # ----------------------------------------------------------------------------------------------
 # (c) GMRES on JVPs for large states
 # ----------------------------------------------------------------------------------------------
 def test_gmres_path_agrees_with_the_dense_solve(monkeypatch):
-    """The same presentation with the dense solve and with GMRES (``DENSE_LIMIT`` 0) at the
-    default relative tolerance of float64 (``rate_tol`` 1e-5): the weights agree to a small
-    fraction of the correction."""
+    """The same presentation with the dense solve and with GMRES (``DENSE_LIMIT`` 0): at a
+    tight tolerance the weights agree to 1e-5 of the correction (the forward differences'
+    own error is ~1e-8 in float64); at the default ones (1e-2, 0.1 where only ``Q`` learns)
+    to 2 % of it (measured 0.02-0.7 %)."""
     model = TwoPhaseDTP([4, 8, 8, 3], mu=0.1, eta=0.01, eta_inv=0.01, dtype=F64, seed=1,
                         bias=True)
     x, teach, sched = batch(8, 4, 0), Nudge(batch(8, 3, 1, 0.5), "mse", 0.1), \
@@ -182,10 +189,37 @@ def test_gmres_path_agrees_with_the_dense_solve(monkeypatch):
     dense = present(model, x, teach, sched).params
     plain = present(model, x, teach, sched, transient=False).params
     monkeypatch.setattr(transient, "DENSE_LIMIT", 0)
-    krylov = present(model, x, teach, sched).params
+    default = present(model, x, teach, sched).params
+    monkeypatch.setattr(transient, "REL_TOL", 1e-9)
+    monkeypatch.setattr(transient, "COARSE_REL_TOL", 1e-9)
+    tight = present(model, x, teach, sched).params
     for name in ("W", "Q"):
-        for d, k, p in zip(dense[name], krylov[name], plain[name]):
-            assert float((d - k).norm()) < 1e-3 * float((d - p).norm())
+        for d, k, t, p in zip(dense[name], default[name], tight[name], plain[name]):
+            correction = float((d - p).norm())
+            assert float((d - t).norm()) < 1e-5 * correction
+            assert float((d - k).norm()) < 2e-2 * correction
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_gmres_solves_and_reports_its_residual(dtype):
+    """``_gmres`` against ``torch.linalg.solve`` on random non-symmetric stable systems: the
+    relative residual it reports is the true one (to rounding) and meets the tolerance; a
+    zero right-hand side gives 0; the identity is solved in one step (a breakdown)."""
+    gen = torch.Generator().manual_seed(3)
+    n = 40
+    A = -torch.eye(n, dtype=dtype) + 0.4 * torch.randn(5, n, n, generator=gen, dtype=dtype) / n ** 0.5
+    rhs = torch.randn(5, n, generator=gen, dtype=dtype)
+    rhs[2] = 0.0
+    for tol in (1e-2, 1e-5):
+        x, reported = transient._gmres(lambda v: (A @ v[..., None])[..., 0], rhs, tol)
+        true = (rhs - (A @ x[..., None])[..., 0]).norm(dim=-1) / rhs.norm(dim=-1).clamp_min(1e-30)
+        assert float(reported.max()) <= tol and float(x[2].abs().max()) == 0.0
+        np.testing.assert_allclose(true.numpy(), reported.numpy(), rtol=1e-2, atol=1e-6)
+        exact = torch.linalg.solve(A, rhs)
+        assert float((x - exact).norm() / exact.norm()) < 20 * tol
+    calls = []
+    x, reported = transient._gmres(lambda v: calls.append(1) or 2.0 * v, rhs, 1e-5)
+    assert len(calls) == 1 and torch.allclose(x, rhs / 2.0)
 
 
 def test_transient_option_is_validated():

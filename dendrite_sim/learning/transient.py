@@ -77,9 +77,11 @@ def _coarse_only(model, rates) -> bool:
 
 
 def transient_integral(model, view, drive, prepared, t, start, y_star, duration,
-                       rel_tol=REL_TOL) -> torch.Tensor:
+                       rel_tol=None) -> torch.Tensor:
     """``delta = int_0^T (y(t) - y_qs(t)) dt`` to first order, ``(B, N)``: (10.2) in the
-    variables ``view`` solves, (10.4) in the slow ones that follow them, 0 in the others."""
+    variables ``view`` solves, (10.4) in the slow ones that follow them, 0 in the others
+    (``rel_tol`` of the GMRES solve, default :data:`REL_TOL`)."""
+    rel_tol = REL_TOL if rel_tol is None else rel_tol
     frozen = hasattr(view, "restrict")
     active = view.restrict(y_star) if frozen else y_star
     gap = (view.restrict(start) if frozen else start) - active
@@ -235,7 +237,7 @@ def _integrated_response(k, duration):
 
 
 def drift_lag(model, view, drive, prepared, t, before, after, duration,
-              rel_tol=COARSE_REL_TOL) -> torch.Tensor:
+              rel_tol=None) -> torch.Tensor:
     """How far the state at the end of a phase lags the equilibrium of the weights it ends
     with, to first order in the weights' rates (docs/derivations.md §10, (10.6)): while the
     weights move at a constant rate the equilibrium drifts, ``dh*/dt = (after - before) /
@@ -243,7 +245,9 @@ def drift_lag(model, view, drive, prepared, t, before, after, duration,
     and the activity trails it by ``J^{-1} dh*/dt`` (``J`` at ``after``); a slow variable
     with ``dv/dt = -k (v - v*(h))`` trails its drifting target by ``dv*/dt / k`` besides,
     ``lag_v = D_h v*[lag_h] - D_h v*[dh*/dt] / k`` (``k = 0``: it does not move, no lag).
-    Returns the ``(B, N)`` lag to add to the quasi-static end state."""
+    ``rel_tol``: of the GMRES solve, default :data:`COARSE_REL_TOL` (the lag is ~15 % of
+    the drift's effect). Returns the ``(B, N)`` lag to add to the quasi-static end state."""
+    rel_tol = COARSE_REL_TOL if rel_tol is None else rel_tol
     frozen = hasattr(view, "restrict")
     restrict = view.restrict if frozen else (lambda y: y)
     drift = (restrict(after) - restrict(before)) / duration
