@@ -111,7 +111,7 @@ def present(model: NetworkModel, x, target, schedule: Schedule, mode: str = "qua
             max_abs: float = 1e6, step_size=None, tol=None, rate_tol=None,
             max_iter: int = 50, require_plastic=("W",), end_state: bool = True,
             gate_samples: int = 4, integrator: Integrator | None = None,
-            transient: bool = True) -> Presentation:
+            transient: bool = True, drift_lag: bool = True) -> Presentation:
     """Show the batch ``x`` with teaching ``target`` for ``schedule``; return the new weights.
 
     Parameters
@@ -149,6 +149,9 @@ def present(model: NetworkModel, x, target, schedule: Schedule, mode: str = "qua
     transient : quasi-static mode: include the activity's transient at the start of each
         phase to first order (default; module docstring, step 3); ``False`` gives the plain
         Euler step at the equilibrium.
+    drift_lag : quasi-static mode with ``transient``: end each phase whose weights moved
+        that far behind the end equilibrium as the state trails the drifting equilibrium,
+        to first order in the rates (default; module docstring, step 4).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
@@ -173,7 +176,8 @@ def present(model: NetworkModel, x, target, schedule: Schedule, mode: str = "qua
     if mode == "coupled":
         return _coupled(model, x, target, schedule, params, integrator)
     return _quasi_static(model, x, target, schedule, params, tol, rate_tol, max_iter,
-                         end_state, gate_samples, check_bool("transient", transient))
+                         end_state, gate_samples, check_bool("transient", transient),
+                         check_bool("drift_lag", drift_lag))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -258,7 +262,7 @@ def _constant(gates: dict):
 
 
 def _quasi_static(model, x, target, schedule, params, tol, rate_tol, max_iter, end_state,
-                  gate_samples, transient):
+                  gate_samples, transient, drift_lag):
     params = _copy_params(params)
     base = model.drive(x, target)                        # validated once
     prepared = model.prepare(params)                     # again whenever the weights move
@@ -296,7 +300,7 @@ def _quasi_static(model, x, target, schedule, params, tol, rate_tol, max_iter, e
         if last and not end_state:
             break
         if coarse or _moving(model, rates):  # end at the equilibrium of the end weights, to tol
-            prepared, before = model.prepare(params), y_star
+            started, prepared = prepared, model.prepare(params)
             if pair and not last:
                 y_star, ahead, eq = _equilibrate_pair(view, y_star, drive, pieces[k + 1].gates,
                                                       params, prepared, solve)
@@ -304,8 +308,8 @@ def _quasi_static(model, x, target, schedule, params, tol, rate_tol, max_iter, e
                 y_star, eq = _equilibrate(view, y_star, drive, params, prepared, solve)
             nfev, converged, worst = _tally(eq, phase, nfev, converged, worst)
             y, _ = _relax_slow(model, drive, prepared, y_star, slow, t0, piece.duration)
-            if transient and _moving(model, rates):
-                y = y + drift_lag(model, view, drive, prepared, t0, before, y_star,
+            if transient and drift_lag and _moving(model, rates):
+                y = y + drift_lag(model, view, drive, started, prepared, t0, y_star,
                                   piece.duration)
         if piece.last:
             states[phase.name] = y

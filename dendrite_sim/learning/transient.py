@@ -236,42 +236,45 @@ def _integrated_response(k, duration):
     return torch.where(moving, -torch.expm1(-safe * duration) / safe, duration)
 
 
-def drift_lag(model, view, drive, prepared, t, before, after, duration,
+def drift_lag(model, view, drive, started, ended, t, y_end, duration,
               rel_tol=None) -> torch.Tensor:
-    """How far the state at the end of a phase lags the equilibrium of the weights it ends
-    with, to first order in the weights' rates (docs/derivations.md §10, (10.6)): while the
-    weights move at a constant rate the equilibrium drifts, ``dh*/dt = (after - before) /
-    duration`` (``before``, ``after``: full equilibrium states at the start and end weights),
-    and the activity trails it by ``J^{-1} dh*/dt`` (``J`` at ``after``); a slow variable
+    """How far the state at the end of a phase lags the equilibrium ``y_end`` of the weights
+    it ends with, to first order in the weights' rates (docs/derivations.md §10, (10.6)).
+
+    While the weights move at a constant rate the equilibrium drifts at ``dh*/dt = J^{-1}
+    F(h*; theta_0) / T`` (``F(h*; theta_0) ~ J (h* - h*_0)``: the field at the end equilibrium with the
+    weights the phase started with, ``started``; ``ended`` the prepared end weights, ``J``
+    at ``y_end``), and the activity trails it by ``lag_h = J^{-1} dh*/dt``; a slow variable
     with ``dv/dt = -k (v - v*(h))`` trails its drifting target by ``dv*/dt / k`` besides,
-    ``lag_v = D_h v*[lag_h] - D_h v*[dh*/dt] / k`` (``k = 0``: it does not move, no lag).
-    ``rel_tol``: of the GMRES solve, default :data:`COARSE_REL_TOL` (the lag is ~15 % of
-    the drift's effect). Returns the ``(B, N)`` lag to add to the quasi-static end state."""
+    ``lag_v = D_h v*[lag_h] - D_h v*[dh*/dt] / k`` (``k = 0``: it holds, no lag). The drift
+    is taken from the field, not from the difference of the two phases' equilibria: that of
+    the start may be solved to the coarse ``rate_tol`` only (its error would swamp the
+    drift). Two GMRES solves to ``rel_tol`` (default :data:`COARSE_REL_TOL`: the lag is
+    ~15 % of the drift's effect). Returns the ``(B, N)`` lag to add to the end state."""
     rel_tol = COARSE_REL_TOL if rel_tol is None else rel_tol
     frozen = hasattr(view, "restrict")
-    restrict = view.restrict if frozen else (lambda y: y)
-    drift = (restrict(after) - restrict(before)) / duration
-    lag = -_response(view, drive, prepared, t, restrict(after), drift, rel_tol)
+    h_end = view.restrict(y_end) if frozen else y_end
+    with torch.no_grad():
+        pushed = view.field(t, h_end, drive, started) / duration
+    drift = -_response(view, drive, ended, t, h_end, pushed, rel_tol)       # J^{-1} F / T
+    lag = -_response(view, drive, ended, t, h_end, drift, rel_tol)          # J^{-1} drift
     if not frozen:
         return lag
     zeros = torch.zeros_like(view.hold)
     lag, drift = view.embed(lag, zeros), view.embed(drift, zeros)
     slow = tuple(v for v in model.slow_variables if v in view.frozen)
-    if not slow:
-        return lag
-    declared = model.slow_relaxation(t, after, drive)
+    declared = model.slow_relaxation(t, y_end, drive) if slow else None
     for v in slow:
         sl = model.layout.variable_slice(v)
         k = declared[v][0] if declared is not None else \
-            _probed_rate(model, drive, prepared, t, after, v, sl)
-        moving = (k > 0) if isinstance(k, torch.Tensor) else k > 0
-        if not isinstance(moving, torch.Tensor) and not moving:
-            continue
-        pull = lambda d: _directional(lambda y: model.rates(t, y, drive, prepared, (v,)),
-                                      after, d)                       # k D_h v*[d]
-        safe = torch.where(moving, k, 1.0) if isinstance(k, torch.Tensor) else k
-        value = pull(lag) / safe - pull(drift) / safe ** 2
-        lag[:, sl] = torch.where(moving, value, 0.0) if isinstance(k, torch.Tensor) else value
+            _probed_rate(model, drive, ended, t, y_end, v, sl)
+        if not isinstance(k, torch.Tensor) and k == 0:
+            continue                                                       # held
+        rate = lambda y: model.rates(t, y, drive, ended, (v,))
+        pulled_lag, pulled_drift = (_directional(rate, y_end, d) for d in (lag, drift))
+        safe = torch.where(k > 0, k, 1.0) if isinstance(k, torch.Tensor) else k
+        value = pulled_lag / safe - pulled_drift / safe ** 2      # D_y F_v = k D_h v*
+        lag[:, sl] = torch.where(k > 0, value, 0.0) if isinstance(k, torch.Tensor) else value
     return lag
 
 

@@ -27,17 +27,25 @@ class DendriticLearner(Learner):
         solver.method=heun3 --set solver.step_size=1.25``).
     fixed_point_kwargs : extra keyword arguments for the ``fixed_point`` of :meth:`predict`.
     transient : quasi-static training with the first-order correction for the activity's
-        transient at the start of each phase (``present(..., transient=True)``, within 1 % of
-        coupled mode's weight changes as the rates go to 0, at 2-3x the cost of an epoch);
-        default ``False``, the plain Euler step at each phase's equilibrium (6-22 % from
+        transient at the start of each phase (default; ``present(..., transient=True)``:
+        within 1 % of coupled mode's weight changes per layer as the rates go to 0, at about
+        1.5-2x the cost of a plain epoch); ``False`` (``learner.transient = false`` in a
+        configuration) gives the plain Euler step at each phase's equilibrium (6-22 % from
         coupled mode per layer at 20-tau phases: docs/derivations.md §10).
+    drift_lag : also end each phase as far behind the end equilibrium as the state trails
+        the equilibrium drifting with the weights (``present(..., drift_lag=True)``, first
+        order in the rates; docs/derivations.md §10). Default ``False``: at training rates
+        this first-order term is not small -- for two-phase DTP at ``eta_inv = 1e-3`` the
+        trace's lag behind the free state moves the layer-1 signal by half of it, and the
+        digits network's ``W_2`` runs away in the first epoch with it.
     """
 
     #: has neural dynamics: equilibria, reconstruction errors and spectra are diagnosed
     dynamic = True
 
     def __init__(self, model, schedule=None, mode="quasi_static", loss="cross_entropy",
-                 eta_hat=0.1, present_kwargs=None, fixed_point_kwargs=None, transient=False):
+                 eta_hat=0.1, present_kwargs=None, fixed_point_kwargs=None, transient=True,
+                 drift_lag=False):
         if mode not in MODES or mode not in model.presentation_modes:
             raise ValueError(f"mode must be one of {list(model.presentation_modes)} for "
                              f"{type(model).__name__}; got {mode!r}")
@@ -48,6 +56,7 @@ class DendriticLearner(Learner):
         self.forward_names = tuple(model.forward_params) or tuple(model.plastic_params)
         self.sizes, self.dtype, self.device = list(model.sizes), model.dtype, model.device
         self.present_kwargs = {"transient": check_bool("transient", transient),
+                               "drift_lag": check_bool("drift_lag", drift_lag),
                                **(present_kwargs or {})}
         self.fixed_point_kwargs = dict(fixed_point_kwargs or {})
         self.unconverged = 0  # free equilibria of predict() that did not converge
@@ -97,4 +106,5 @@ class DendriticLearner(Learner):
         return {"learner": "dendritic", "model": type(model).__name__, "sizes": self.sizes,
                 "mode": self.mode, "loss": self.loss_name, "eta_hat": self.eta_hat,
                 "transient": self.present_kwargs["transient"],
+                "drift_lag": self.present_kwargs["drift_lag"],
                 "schedule": repr(self.schedule), "model_hyper": hyper}
