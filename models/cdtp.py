@@ -72,6 +72,20 @@ FEEDBACK_RULES = ("delta1", "delta2")
 DECODERS = ("difference", "plain")
 
 
+def _switch(ff, on: torch.Tensor, off: torch.Tensor) -> torch.Tensor:
+    """``on`` where the gate is feed-forward (``ff = 1``), else ``off``; ``ff`` a float or a
+    ``(B, 1)`` tensor."""
+    if isinstance(ff, torch.Tensor):
+        return torch.where(ff > 0, on, off)
+    return on if ff else off
+
+
+def _closed(weight) -> bool:
+    """Whether a rule's gate is shut for every example (a zero number; a tensor never
+    counts as shut: its rows are weighted)."""
+    return not isinstance(weight, torch.Tensor) and weight == 0.0
+
+
 class CDTP(NetworkModel):
     """Continuously running DTP (B20 §10.2); module docstring for the equations.
 
@@ -178,6 +192,7 @@ class CDTP(NetworkModel):
     gates = {"gamma": 1.0, "teach": 1.0, "plastic_W": 1.0, "plastic_Omega": 1.0}
     forward_params = ("W",)
     presentation_modes = ("coupled",)
+    gates_per_example = True    # gamma may be a (B, 1) tensor: each example its own cycle
 
     @property
     def time_constants(self) -> dict:
@@ -232,14 +247,14 @@ class CDTP(NetworkModel):
         p = self.layout.unpack(y)
         h, a, u, tau, s = p["h"], p["a"], p["u"], p["tau"], p["s"]
         L, gam = self.depth, self.gammas(t, drive)
-        ff = [float(g >= self.gamma_ff) for g in gam]
+        ff = [self.feedforward(g) for g in gam]
         m, dec = [drive.x], [None]                      # m_{l-1}, g_l(u_l) per layer l
         for l in range(2, L + 1):
             dec.append(self.g(l, u[l - 1], params))
             m.append(self.mix(l, gam[l - 1], a, dec[-1], params))
         dh = [(self.f(l, m[l - 1], params) - h[l - 1]) / self.tau_h for l in range(1, L + 1)]
         da = [ff[k] * (h[k] - a[k]) / self.tau_a for k in range(L)]
-        du = [u[0]] + [(tau[k] - (u[k] if ff[k] else h[k])) / self.tau_u for k in range(1, L)]
+        du = [u[0]] + [(tau[k] - _switch(ff[k], u[k], h[k])) / self.tau_u for k in range(1, L)]
         teach = drive.gate("teach", t, 1.0) * (1.0 - gam[-1])
         top = drive.teaching.output_target(a[-1], teach)
         dtau = [(m[l] - tau[l - 1]) / self.tau_target for l in range(1, L)]
@@ -253,6 +268,13 @@ class CDTP(NetworkModel):
         rates = {"W": self._forward_rates(t, drive, ff, e, s, dtau, ds, a),
                  "Omega": self._feedback_rates(t, drive, dec, a, u)}
         return dy, rates
+
+    def feedforward(self, gamma):
+        """``ff = [gamma >= gamma_ff]``: a float for a gate shared by the batch, a ``(B, 1)``
+        tensor for gates given per example (:meth:`example_cycles`)."""
+        if isinstance(gamma, torch.Tensor):
+            return (gamma >= self.gamma_ff).to(gamma.dtype)
+        return float(gamma >= self.gamma_ff)
 
     def mix(self, l, gamma, a, decoded, params=None):
         """Eq. 46/49's ``m_{l-1} = gamma a_{l-1} + (1 - gamma) g_l(u_l)``; with the difference
@@ -286,9 +308,9 @@ class CDTP(NetworkModel):
         gate = drive.gate("plastic_W", t, 1.0) * self.eta
         n = self.normalised_inputs(drive.x, a)
         B = drive.batch_size
-        return [None if gate * (1.0 - ff[k]) == 0.0 else
-                (gate * (1.0 - ff[k]) / B) * (ds[k] * e[k] + s[k] * dtau[k]).T @ n[k]
-                for k in range(self.depth)]
+        opens = [gate * (1.0 - f) for f in ff]         # a number, or (B, 1) per example
+        return [None if _closed(w) else (w * (ds[k] * e[k] + s[k] * dtau[k])).T @ n[k] / B
+                for k, w in enumerate(opens)]
 
     def _feedback_rates(self, t, drive, dec, a, u):
         """(51) ``(m_{l-1} - g_l(u_l)) sigma(u_l)^T`` or (52) ``(a_{l-1} - g_l(u_l))
@@ -370,6 +392,36 @@ class CDTP(NetworkModel):
             gates.update({f"gamma_{l}": wave((l - 1) * self.wave_delay)
                           for l in range(1, self.depth + 1)})
         return gates
+
+    def example_cycles(self, offsets, cycles: int = 1):
+        """Gates for a batch whose examples each run their own cycle: example ``b`` sees
+        ``gamma(t - offsets[b])`` (and the travelling wave per layer with ``wave_delay``).
+        Returns ``(gates, breakpoints)`` for :func:`dendrite_sim.simulate`: ``gates(t)`` gives
+        ``(B, 1)`` tensors, ``breakpoints`` are every example's jumps and kinks over
+        ``cycles`` periods (the solver restarts at each). The waveform is evaluated once per
+        distinct offset, not per example. The training presentation (a
+        :class:`~dendrite_sim.learning.schedule.Schedule`) shares one cycle per batch."""
+        offsets = torch.as_tensor(offsets, dtype=torch.float64).reshape(-1)
+        if offsets.numel() < 1 or not bool(torch.isfinite(offsets).all()) or \
+                bool((offsets < 0).any()):
+            raise ValueError(f"offsets must be finite, >= 0, one per example; got "
+                             f"{offsets.tolist()}")
+        distinct, which = torch.unique(offsets, return_inverse=True)
+        names = ["gamma"] + ([f"gamma_{l}" for l in range(1, self.depth + 1)]
+                             if self.wave_delay > 0 else [])
+        lag = [0.0] + [(l - 1) * self.wave_delay for l in range(1, len(names))]
+        waves = [[oscillation(self.waveform, self.period, self.duty, self.gamma_min, cycles,
+                              self.fall, float(d) + extra, levels=(self.gamma_ff,))
+                  for d in distinct] for extra in lag]
+        cast = dict(dtype=self.dtype, device=self.device)
+        index = which.to(self.device)
+
+        def gates(t):
+            s = float(t)
+            return {name: torch.tensor([w(s) for w in row], **cast)[index][:, None]
+                    for name, row in zip(names, waves)}
+        points = sorted({b for row in waves for w in row for b in w.breakpoints})
+        return gates, tuple(points)
 
     def default_schedule(self, cycles=1, plastic_omega=True):
         """One phase of ``cycles`` gate periods: teaching on (faded in by ``1 - gamma``),

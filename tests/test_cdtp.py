@@ -328,3 +328,40 @@ def test_continuation_in_gamma_min_follows_the_closed_form_equilibrium():
     # the targets do move with gamma_min (the teaching fades as (1 - gamma))
     change = [float((res.states[k] - res.states[0]).norm()) for k in range(1, len(values))]
     assert change == sorted(change) and change[0] > 1e-3
+
+
+# -- many examples in one batch, each with its own cycle -------------------------------------
+def test_each_example_of_a_batch_runs_its_own_cycle():
+    model = CDTP([4, 6, 6, 3], dtype=D, period=10.0, duty=0.3, seed=3)
+    g = torch.Generator().manual_seed(5)
+    x, y = torch.randn(3, 4, generator=g, dtype=D), torch.randint(0, 3, (3,), generator=g)
+    offsets = [0.0, 2.5, 6.0]
+    gates, points = model.example_cycles(offsets)
+    t = torch.linspace(0.0, 10.0, 21, dtype=D)
+    tight = dict(rtol=1e-10, atol=1e-12)
+    together = simulate(model, x, t, Nudge(y, "cross_entropy", 0.5), gates=gates,
+                        breakpoints=points, **tight)
+    drive = model.drive(x, Nudge(y, "cross_entropy", 0.5), gates=gates)
+    k = 14                                  # t = 7: examples 0, 1 relax, example 2 is on its plateau
+    assert gates(t[k])["gamma"].flatten().tolist() == [0.0, 0.0, 1.0]
+    rates = model.plasticity(t[k], together.y[k], drive, model.params)["W"]
+    mean = [torch.zeros_like(w) for w in model.params["W"]]
+    for b, delay in enumerate(offsets):
+        wave = oscillation("plateau", 10.0, 0.3, 0.0, 1, model.fall, delay,
+                           levels=(model.gamma_ff,))
+        assert set(wave.breakpoints) <= set(points)
+        alone = simulate(model, x[b:b + 1], t, Nudge(y[b:b + 1], "cross_entropy", 0.5),
+                         gates=lambda s, w=wave: {"gamma": w(s)}, breakpoints=wave.breakpoints,
+                         **tight)
+        assert torch.allclose(together.y[:, b], alone.y[:, 0], atol=1e-8)
+        one = model.drive(x[b:b + 1], Nudge(y[b:b + 1], "cross_entropy", 0.5),
+                          gates=lambda s, w=wave: {"gamma": w(s)})
+        r = model.plasticity(t[k], together.y[k, b:b + 1], one, model.params)["W"]
+        mean = [m + (0 if q is None else q) / len(offsets) for m, q in zip(mean, r)]
+    assert all(torch.allclose(p, q, atol=1e-14) for p, q in zip(rates, mean))
+    assert float(mean[0].norm()) > 1e-4
+
+
+def test_example_cycles_rejects_bad_offsets():
+    with pytest.raises(ValueError, match="offsets"):
+        CDTP([3, 3, 3]).example_cycles([0.0, -1.0])
