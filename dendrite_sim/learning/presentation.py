@@ -78,7 +78,7 @@ from dendrite_sim.dynamics.integrators import Integrator
 from dendrite_sim.dynamics.layout import Layout
 from dendrite_sim.dynamics.model import Drive, NetworkModel
 from dendrite_sim.learning.schedule import Schedule
-from dendrite_sim.learning.transient import drift_lag, transient_rates
+from dendrite_sim.learning.transient import drift_lag as lag_behind_drift, transient_rates
 
 __all__ = ["present", "Presentation", "Frozen", "frozen_variables", "MODES"]
 
@@ -309,8 +309,8 @@ def _quasi_static(model, x, target, schedule, params, tol, rate_tol, max_iter, e
             nfev, converged, worst = _tally(eq, phase, nfev, converged, worst)
             y, _ = _relax_slow(model, drive, prepared, y_star, slow, t0, piece.duration)
             if transient and drift_lag and _moving(model, rates):
-                y = y + drift_lag(model, view, drive, started, prepared, t0, y_star,
-                                  piece.duration)
+                y = y + lag_behind_drift(model, view, drive, started, prepared, t0, y_star,
+                                         piece.duration)
         if piece.last:
             states[phase.name] = y
     return Presentation(params, states, nfev, schedule.duration, "quasi_static", converged,

@@ -249,9 +249,9 @@ def drift_lag(model, view, drive, started, ended, t, y_end, duration,
     ``lag_v = D_h v*[lag_h] - D_h v*[dh*/dt] / k`` (``k = 0``: it holds, no lag). The drift
     is taken from the field, not from the difference of the two phases' equilibria: that of
     the start may be solved to the coarse ``rate_tol`` only (its error would swamp the
-    drift). Two GMRES solves to ``rel_tol`` (default :data:`COARSE_REL_TOL`: the lag is
-    ~15 % of the drift's effect). Returns the ``(B, N)`` lag to add to the end state."""
-    rel_tol = COARSE_REL_TOL if rel_tol is None else rel_tol
+    drift). Two GMRES solves to ``rel_tol`` (default :data:`REL_TOL`). Returns the
+    ``(B, N)`` lag to add to the end state."""
+    rel_tol = REL_TOL if rel_tol is None else rel_tol
     frozen = hasattr(view, "restrict")
     h_end = view.restrict(y_end) if frozen else y_end
     with torch.no_grad():
