@@ -122,6 +122,10 @@ MODEL_SETTINGS = {
         note="feedback Q = W^T fixed, eta 0.01 (0.05: 19.6 %, 0.2: 25.5 %; seed 0, 1000 "
              "examples)"),
 }
+#: the quasi-static step of the models: the plain step at each phase's equilibrium, with which
+#: MODEL_SETTINGS were measured (the learner's default adds the first-order transient
+#: correction, docs/derivations.md §10, at ~2.8x the cost of an epoch)
+QUASI_STATIC = dict(transient=False)
 #: learners of Bengio (2020) on the network of ``CDTP`` (``f_l = W_l sigma(h_{l-1})``)
 CDTP_LEARNERS = ("bengio_alg1", "bengio_dtp")
 REPORT = Path(__file__).resolve().parents[1] / "docs" / "comparison.md"
@@ -156,7 +160,7 @@ def model_config(key, data=None) -> tuple[dict, dict]:
     model = {k: v for k, v in config.get("model", {}).items()
              if k not in ("name", "sizes", "seed", "dtype", "transfer", "sigma")}
     training = {k: v for k, v in config.get("training", {}).items()
-                if k in ("eta_hat", "mode")}
+                if k in ("eta_hat", "mode", "transient")}
     settings = MODEL_SETTINGS.get((data, key), {})
     return {**model, **settings.get("model", {})}, {**training, **settings.get("training", {})}
 
@@ -194,7 +198,7 @@ def make_learner(entry, kind, network, loss, seed, lr_scale=1.0, data=None):
     if kind == "model":
         return learner_class("dendritic")(
             continuous_model(model_registry()[entry], entry, network, seed, data), loss=loss,
-            **model_config(entry, data)[1])
+            **{**QUASI_STATIC, **model_config(entry, data)[1]})
     name = entry.split(" (")[0]     # "backprop (model budget)" is backprop
     model = cdtp_network(network, seed) if name in CDTP_LEARNERS else \
         reference_network(network, seed)
@@ -394,7 +398,8 @@ def figure(rows, path):
             ax.set_yscale("log")
             ax.set_ylabel("test mean squared error (lower is better)")
         else:
-            ax.axhline(0.1, color="grey", ls=":", lw=1, label="chance (10 classes)")
+            if shown and min(r["mean"] for r in shown) < 0.3:   # else it squeezes the rest
+                ax.axhline(0.1, color="grey", ls=":", lw=1, label="chance (10 classes)")
             ax.set_ylabel("test accuracy (fraction correct)")
         ax.set_xlabel("training CPU time per example / backprop's (same run, log scale)")
         ax.set_title(f"{TITLES.get(name, name)}: mean ± std over seeds\n"
@@ -445,19 +450,23 @@ Method: docs/discrete.md and the docstring of `benchmarks/compare.py`.
 
 Every discrete learner starts from the weights of the same `TwoPhaseDTP` network (Bengio's
 learners `bengio_*`: from a `CDTP` network of the same sizes, seed and hidden non-linearity,
-`f_l = W_l sigma(h_{l-1})`); every continuous-time model is built with the same sizes, transfer and
-seed, the other options from its `dendrite_sim/configs/<name>.toml` updated by the settings
-measured for the data set (`MODEL_SETTINGS` in `benchmarks/compare.py`, quoted in the note
-column), and trained by the `dendritic` learner. The models are expensive, so they get a smaller
-budget (the `epochs` and `training examples` columns); `backprop (model budget)` (or `backprop
-(budget of <model>)` for a model on its own budget) is backprop on exactly that budget, their
-point of reference. Metric: test accuracy on the whole test set, or test MSE (teacher-student).
-Time: CPU seconds spent in training steps per example seen (evaluations excluded; each cell runs
-in one process with one torch thread, so on an idle core this is its wall time), relative to
-backprop (full budget) of the same seed in the same run. CPU time rather than wall time because
-the machine is shared with other jobs; cache and memory-bandwidth contention remain, so the
-ratios are rough (tens of per cent). A learner or model that does not apply or fails gives
-its reason.
+`f_l = W_l sigma(h_{l-1})`). Every continuous-time model is built with the same sizes,
+transfer and seed; its other options come from its `dendrite_sim/configs/<name>.toml`, updated
+by the settings measured for the data set (`MODEL_SETTINGS` in `benchmarks/compare.py`, quoted
+in the note column); it is trained by the `dendritic` learner with the plain quasi-static step
+(`transient=False`, with which the settings were measured; the learner's default now adds the
+first-order transient correction, docs/derivations.md §10, at ~2.8x the cost; CDTP runs in
+coupled mode). The models are expensive, so they get a smaller budget (the `epochs` and
+`training examples` columns); `backprop (model budget)` (or `backprop (budget of <model>)` for a
+model on its own budget) is backprop on exactly that budget, their point of reference.
+
+Metric: test accuracy on the test set of the section's "Data" line, or test MSE
+(teacher-student). Time: CPU seconds spent in training steps per example seen (evaluations
+excluded; each cell runs in one process with one torch thread, so on an idle core this is its
+wall time), relative to backprop (full budget) of the same seed in the same run. CPU time rather
+than wall time because the machine is shared with other jobs; cache and memory contention
+remain, so the ratios are rough (the same cell varied up to 3x between seeds). A learner or
+model that does not apply or fails gives its reason.
 """
 
 

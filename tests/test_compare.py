@@ -110,3 +110,16 @@ def test_real_cells_one_that_runs_and_one_that_cannot_apply(compare):
     assert 0.6 < good["metric"] <= 1.0 and good["per_example"] > 0 and good["n_train"] == 600
     bad = compare.run_cell("digits", 0, "tp_exact", "learner", 1, 200)
     assert bad["error"].startswith("ValueError") and "equal" in bad["error"]
+
+
+def test_models_take_the_plain_quasi_static_step_and_their_settings(compare, monkeypatch):
+    monkeypatch.setitem(compare.MODEL_SETTINGS, ("digits", "two_phase"),
+                        dict(model=dict(eta=0.05), training=dict(eta_hat=0.3)))
+    net = compare.DATASETS["digits"]["network"]
+    learner = compare.make_learner("two_phase", "model", net, "cross_entropy", 0, data="digits")
+    assert learner.present_kwargs["transient"] is False
+    assert learner.eta_hat == 0.3 and learner.model.eta == 0.05
+    reference = compare.make_learner("backprop (model budget)", "learner", net, "cross_entropy",
+                                     0, data="digits")
+    assert type(reference).__name__ == type(
+        compare.make_learner("backprop", "learner", net, "cross_entropy", 0)).__name__
