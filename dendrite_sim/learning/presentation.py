@@ -37,19 +37,24 @@ parameters it ends with. Two modes:
        plasticity gates). With ``transient=True`` (default) the rates include the
        activity's relaxation transient at the start of the phase to first order
        (:mod:`~dendrite_sim.learning.transient`, docs/derivations.md §10: one linear solve
-       with the activity's Jacobian): 0.2-0.8 % per layer from coupled mode at eta 1e-4 and
-       20-tau phases on the mixing models, against 6-22 % for the plain step
-       (``transient=False``, relative error ~ ``tau / duration``), at 2.8x the cost of a
-       digits epoch (so training, :class:`~dendrite_sim.learning.DendriticLearner`, keeps the
-       plain step unless asked: ``transient=True`` there, ``learner.transient`` in a
-       configuration). Left out: the transient's second-order part and the change of the
-       equilibrium as the weights move within the phase (relative error ~ ``eta *
-       duration``): the quasi-static approximation.
+       with the activity's Jacobian, GMRES for large states): with step 4's drift lag
+       0.1-0.8 % per layer from coupled mode at eta = eta_inv = 1e-4 and 20-tau phases on the
+       mixing models, against 6-16 % for the plain step (``transient=False``, relative error
+       ~ ``tau / duration``), at 1.6-1.8x the cost of a plain digits epoch (the training
+       default of :class:`~dendrite_sim.learning.DendriticLearner`; ``learner.transient =
+       false`` in a configuration for the plain step). Left out: the transient's
+       second-order part and the rates' change as the weights move within the phase
+       (relative error ~ ``eta * duration``): the quasi-static approximation.
     4. if the weights moved (or step 1 was coarse), re-solve the equilibrium at the updated
        weights (warm start): the phase ends at the equilibrium of the weights it ends with, so
        a trace that followed the activity remembers the end-of-phase value, as in coupled
-       mode. For a model with ``gates_per_example`` whose only other variables are slow (the
-       activity does not depend on them), this re-solve and the next phase's equilibrium
+       mode. With ``transient`` and ``drift_lag`` (defaults) the end state also trails the
+       end equilibrium as the state trails an equilibrium drifting with the weights, to first
+       order in the rates (docs/derivations.md (10.6): for two-phase DTP the trace remembers
+       the free state ``(T_z + tau_eff) dh^f/dt`` behind, which moves the small layer-1 signal
+       by ~10 % at ``eta_inv = 1e-4``; training leaves it out, ``DendriticLearner(drift_lag=
+       False)``). For a model with ``gates_per_example`` whose only other variables are slow
+       (the activity does not depend on them), this re-solve and the next phase's equilibrium
        (step 1, at the same weights) are solved together as one batch of ``2B`` examples,
        each half with its own phase's gates (:func:`_equilibrate_pair`): the same
        equilibria, in fewer iterations than one solve after the other (two-phase DTP on
