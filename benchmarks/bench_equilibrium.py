@@ -29,7 +29,13 @@ environment to pin the thread count (never ``torch.set_num_threads``, SPEC §5b)
     OMP_NUM_THREADS=1 python benchmarks/bench_equilibrium.py            # ~10 minutes
     OMP_NUM_THREADS=1 python benchmarks/bench_equilibrium.py --quick    # ~10 seconds
 
-A third part (``--against REV``, e.g. the commit before a change of ``equilibrium.py``)
+A third part, always run, compares leaky ReLU with tanh in ``fixed_point`` (float32, default
+settings, three seeds): issue 13's setting (``Mixture([64] * 6)``, leaky ReLU slope 0.2 at
+mu 0.1 against tanh at mu 0.2, inputs ``0.5 randn``, a clamped target uniform in [-0.3, 0.3])
+and the network above (mu 0.1, nudged, slope 0.1), printing wall and CPU seconds, evaluations
+and the ratios leaky / tanh (goal: within 3x).
+
+A fourth part (``--against REV``, e.g. the commit before a change of ``equilibrium.py``)
 times ``fixed_point(auto)`` of the working tree against ``fixed_point`` of
 ``dendrite_sim/dynamics/equilibrium.py`` as of ``REV`` (loaded from git into a module of
 its own), interleaved in the same run, on the tanh setting above and on leaky ReLU
@@ -55,10 +61,10 @@ from dendrite_sim.models import Mixture
 EULER_DT = 0.02
 
 
-def problem(n, dtype, batch, transfer, feedback, layers=5, seed=0):
+def problem(n, dtype, batch, transfer, feedback, layers=5, seed=0, slope=0.1):
     """Model, input and teaching signal of one configuration."""
     model = Mixture([n] * (layers + 1), mu=0.1, tau=1.0, transfer=transfer, feedback=feedback,
-                    dtype=dtype, seed=seed)
+                    dtype=dtype, seed=seed, slope=slope)
     gen = torch.Generator().manual_seed(seed + 1)
     x = torch.randn(batch, n, generator=gen, dtype=torch.float64).to(dtype)
     labels = torch.randint(0, n, (batch,), generator=gen)
@@ -186,6 +192,57 @@ def bench_spectrum(width, layers, reps):
           f"({100 * et / (jt + et):4.1f} %)   max Re = {float(ev.real.max()):.4f}")
 
 
+def issue_case(transfer, mu, dtype, batch, seed=0):
+    """Issue 13's setting: ``Mixture([64] * 6, mu, learned feedback, slope 0.2)``, inputs
+    ``0.5 randn``, a clamped target uniform in [-0.3, 0.3]."""
+    model = Mixture([64] * 6, mu=mu, feedback="learned", transfer=transfer, slope=0.2,
+                    dtype=dtype, seed=seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    x = (0.5 * torch.randn(batch, 64, generator=gen, dtype=torch.float64)).to(dtype)
+    target = (0.6 * torch.rand(batch, 64, generator=gen, dtype=torch.float64) - 0.3).to(dtype)
+    return model, x, target
+
+
+def bench_leaky(batch, reps, seeds=(0, 1, 2)):
+    """Leaky ReLU against tanh in ``fixed_point`` (default settings), float32: the issue's
+    setting (leaky ReLU at mu 0.1 against tanh at mu 0.2) and the benchmark's network (both
+    mu 0.1, nudged, slope 0.1); summed over ``seeds``, best of ``reps``, interleaved; wall
+    and process (CPU) seconds, evaluations, and the ratios leaky / tanh."""
+    settings = {
+        "issue 13 (clamped)": lambda tr, seed: issue_case(tr, 0.2 if tr == "tanh" else 0.1,
+                                                          torch.float32, batch, seed),
+        "benchmark (nudged)": lambda tr, seed: problem(64, torch.float32, batch, tr,
+                                                       "learned", seed=seed),
+    }
+    print(f"\n[leaky ReLU / tanh in fixed_point, float32, batch {batch}, seeds {list(seeds)}, "
+          f"best of {reps}]")
+    print(f"{'setting':22s} {'transfer':11s} {'wall s':>8s} {'cpu s':>8s} {'nfev':>6s} "
+          f"{'converged':>10s} {'fallback':>9s}")
+    for label, make in settings.items():
+        out = {}
+        for transfer in ("tanh", "leaky_relu"):
+            cases = [make(transfer, seed) for seed in seeds]
+            best = dict(wall=float("inf"), cpu=float("inf"))
+            for _ in range(reps):
+                wall, cpu, nfev, conv, fallback = 0.0, 0.0, 0, 0, 0
+                for model, x, target in cases:
+                    start, start_cpu = time.perf_counter(), time.process_time()
+                    eq = ds.fixed_point(model, x, target)
+                    wall += time.perf_counter() - start
+                    cpu += time.process_time() - start_cpu
+                    nfev, conv = nfev + eq.nfev, conv + int(eq.converged.sum())
+                    fallback += eq.used_fallback
+                best = dict(wall=min(best["wall"], wall), cpu=min(best["cpu"], cpu),
+                            nfev=nfev, conv=conv, fallback=fallback)
+            out[transfer] = best
+            print(f"{label:22s} {transfer:11s} {best['wall']:8.3f} {best['cpu']:8.3f} "
+                  f"{best['nfev']:6d} {best['conv']:5d}/{batch * len(seeds):<4d} "
+                  f"{best['fallback']:9d}")
+        ratio = {k: out["leaky_relu"][k] / out["tanh"][k] for k in ("wall", "cpu", "nfev")}
+        print(f"{label:22s} leaky/tanh: wall {ratio['wall']:.2f}x, cpu {ratio['cpu']:.2f}x, "
+              f"nfev {ratio['nfev']:.2f}x")
+
+
 def load_revision(rev):
     """``fixed_point`` of ``dendrite_sim/dynamics/equilibrium.py`` at git revision ``rev``."""
     root = Path(__file__).resolve().parents[1]
@@ -209,9 +266,7 @@ def bench_against(rev, n, batch, reps, tol):
     for dtype in (torch.float32, torch.float64):
         seconds = {}
         for transfer in ("tanh", "leaky_relu"):
-            model, x, target = problem(n, dtype, batch, transfer, "learned")
-            if transfer == "leaky_relu":
-                model.slope = 0.2
+            model, x, target = problem(n, dtype, batch, transfer, "learned", slope=0.2)
             best = {"now": float("inf"), "then": float("inf")}
             for _ in range(reps):
                 for name, solve in (("now", ds.fixed_point), ("then", old)):
@@ -253,15 +308,17 @@ def main(argv=None):
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; tol {args.tol:g}; "
           f"transfer {args.transfer}, feedback {args.feedback}; dopri5 rtol {args.rtol:g} "
           f"atol {args.atol:g}")
-    for name in args.dtypes:                    # warm-up: lazy imports of torch.func
+    for name in args.dtypes:                    # warm-up: lazy imports of forward-mode AD
         tiny = problem(4, getattr(torch, name), 2, args.transfer, args.feedback)
         for method in ("auto", "newton_krylov", "newton"):
             ds.fixed_point(*tiny, method=method)
+        ds.fixed_point(*problem(24, getattr(torch, name), 2, "leaky_relu", "learned"))
     for n in args.sizes:
         for name in args.dtypes:
             dtype = getattr(torch, name)
             N, best = bench_config(n, dtype, args)
             print_table(n, dtype, N, best, args.batch)
+    bench_leaky(args.batch, args.reps)
     if args.spectrum[0] > 0:
         bench_spectrum(args.spectrum[0], args.spectrum[1], 1 if args.quick else 2)
     if args.against:

