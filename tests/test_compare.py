@@ -123,3 +123,17 @@ def test_models_take_the_plain_quasi_static_step_and_their_settings(compare, mon
                                      0, data="digits")
     assert type(reference).__name__ == type(
         compare.make_learner("backprop", "learner", net, "cross_entropy", 0)).__name__
+
+
+def test_report_flags_a_file_of_an_earlier_version(compare, tmp_path):
+    row = dict(data="digits", name="backprop", kind="learner", metric="accuracy", mean=0.97,
+               std=0.003, seeds=3, epochs=40, n_train="all", time_vs_backprop=1.0, note="")
+    compare.write([row], tmp_path / "compare_digits")
+    text = compare.report(tmp_path, tmp_path / "comparison.md").read_text()
+    digits = text.split("## ")[1]
+    assert "earlier version" not in digits and "| digits | backprop |" in digits
+    assert "Not run" in text.split("## ")[2]
+    csv_path = tmp_path / "compare_digits.csv"
+    lines = csv_path.read_text().splitlines()
+    csv_path.write_text("\n".join(line.rsplit(",", 1)[0] for line in lines) + "\n")
+    assert "earlier version" in compare.report(tmp_path, tmp_path / "c.md").read_text()
