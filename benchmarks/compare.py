@@ -101,8 +101,8 @@ MODEL_SETTINGS = {
     ("mnist1d", "mixture"): dict(
         model=dict(feedback="learned", eta=0.03, eta_inv=0.01),
         note="learned feedback, eta 0.03, eta_inv 0.01: chance. With a narrower layer above "
-             "(100 -> 10), g_i(f_{i+1}) != h_i, so (6.17)'s error mu (f_i - g_i) is not 0 "
-             "at zero output error and swamps it; eta 0.1 or eta_inv 0.1: not finite"),
+             "(100 -> 10) g_2(h_3) != h_2, so (6.17)'s error mu (f_2 - g_2) is not 0 at "
+             "zero output error and swamps it; eta 0.1 or eta_inv 0.1: not finite"),
     ("mnist1d", "multiplexing"): dict(
         model=dict(feedback_init="transpose", eta=0.02, eta_inv=0.0),
         note="feedback Q = W^T fixed, eta 0.02 (0.05: 18.6 %, seed 0); Q = (s'(0) W)^+ "
