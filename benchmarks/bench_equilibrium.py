@@ -312,7 +312,8 @@ def main(argv=None):
         tiny = problem(4, getattr(torch, name), 2, args.transfer, args.feedback)
         for method in ("auto", "newton_krylov", "newton"):
             ds.fixed_point(*tiny, method=method)
-        ds.fixed_point(*problem(24, getattr(torch, name), 2, "leaky_relu", "learned"))
+        ds.fixed_point(*problem(24, getattr(torch, name), 2, "leaky_relu", "learned"),
+                       method="newton_krylov", max_iter=1)     # the first JVP: 1-7 s
     for n in args.sizes:
         for name in args.dtypes:
             dtype = getattr(torch, name)
