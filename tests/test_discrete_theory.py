@@ -70,6 +70,7 @@ def test_toy_linear_backprop_zigzags():
     x = _randn(_gen(1), 32, 1)
     y = x @ W_star.T @ m.params["W"][1].T
     bp = learner_class("backprop")(m, lr=0.3, loss="mse")
+    bp.runaway = math.inf                     # the divergence is what is studied
     steps, losses = [], [bp.loss(x, y)]
     for _ in range(6):
         before = bp.params["W"][0].clone()

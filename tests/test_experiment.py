@@ -249,3 +249,11 @@ def test_environment_record_is_appended_never_overwritten(tmp_path):
     with pytest.raises(ValueError, match="exclude each other"):
         run_experiment(cfg, out, resume=True, overwrite=True)
 
+
+
+def test_mu_close_to_half_is_warned_and_recorded(tmp_path):
+    from dendrite_sim.models import Mixture
+    with pytest.warns(RuntimeWarning, match=r"mu = 0.4999 is close to 0.5.*0.9996"):
+        Mixture([4, 4, 4], mu=0.4999)
+    summary = run_experiment(tiny("model.mu=0.4999", "training.baseline=false"), tmp_path)
+    assert [w for w in summary["warnings"] if "mu = 0.4999 is close to 0.5" in w]

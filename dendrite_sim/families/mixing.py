@@ -16,6 +16,7 @@ batch-averaged over the copies of the network that share synapses. Gates ``plast
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
 
@@ -23,6 +24,9 @@ from dendrite_sim.errors import check_bool, check_range
 from dendrite_sim.dynamics.layout import Layout
 from dendrite_sim.dynamics.model import NetworkModel
 from dendrite_sim.families.pathways import Pathways
+
+#: above this mu the feedback nearly balances the feed-forward drive (a warning says so)
+MU_WARN = 0.45
 
 __all__ = ["MixingNetwork", "Flow", "layer_rates", "relax"]
 
@@ -60,6 +64,11 @@ class MixingNetwork(NetworkModel):
         """Check the hyper-parameters (real numbers in range: ``TypeError`` for a string or a
         bool, ``ValueError`` outside the range) and keep them as floats."""
         self.mu = check_range("mu", self.mu, low=0.0, high=0.5, low_open=True, high_open=True)
+        if self.mu > MU_WARN:
+            warnings.warn(f"mu = {self.mu:g} is close to 0.5: the feedback nearly balances the "
+                          f"feed-forward drive (mu/(1-mu) = {self.mu / (1 - self.mu):.4g}), so "
+                          "equilibria are ill-conditioned and relax slowly; mu <= "
+                          f"{MU_WARN:g} is safe", RuntimeWarning, stacklevel=4)
         self.tau = check_range("tau", self.tau, low=0.0, low_open=True)
         self.compensate_decay = check_bool("compensate_decay", self.compensate_decay)
         self.layer_rates = layer_rates(self.eta, self.depth, self.mu, self.compensate_decay)

@@ -32,9 +32,11 @@ import secrets
 import shutil
 import sys
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
+from dendrite_sim.errors import NumericalError
 from dendrite_sim.frontend.config import (ConfigError, apply_overrides, build_data,
                                           build_learner, build_model, build_schedule,
                                           dumps_toml, load_config, resolve_source,
@@ -385,7 +387,11 @@ def _train_all(run: Path, cfg: dict, origin: str, resume: bool, overwrite: bool,
     from dendrite_sim.learning import train
     start = time.perf_counter()
     data = build_data(cfg)
-    model, schedule, learners, skipped = _learners(cfg, data, reporter)
+    with warnings.catch_warnings(record=True) as caught:    # e.g. mu close to 0.5
+        warnings.simplefilter("always")
+        model, schedule, learners, skipped = _learners(cfg, data, reporter)
+    for message in dict.fromkeys(str(w.message) for w in caught):
+        reporter.warn(message)
     _write_config(run, cfg, origin)
     _append_environment(run, model.device, "resume" if resume else
                         "overwrite" if overwrite else "new", command)
@@ -402,16 +408,25 @@ def _train_all(run: Path, cfg: dict, origin: str, resume: bool, overwrite: bool,
                  + f"; config {origin}")
     reporter.say(f"run directory: {run}")
     histories, summaries = {}, {}
+
+    def draw() -> list:
+        if not cfg["output"]["figures"] or not histories:
+            return []
+        reporter.say("writing figures ...")
+        return [p.name for p in make_figures(run, cfg, learners[0][1], schedule, data,
+                                             histories, reporter.warn)]
+
     for name, learner, sub in learners:
         reporter.say(f"training {name} ..." if not sub else
                      f"training the {name} baseline (same data, initial weights and batches)")
-        histories[name] = train(learner, data, out_dir=run / sub if sub else run, **common)
+        try:
+            histories[name] = train(learner, data, out_dir=run / sub if sub else run, **common)
+        except NumericalError as err:
+            draw()        # the figures of what finished
+            role = f"baseline {name!r}" if sub else f"learner {name!r}"
+            raise NumericalError(f"{type(model).__name__}, {role}: {err}") from None
         summaries[name] = _learner_summary(run / sub if sub else run, histories[name], run)
-    figures = []
-    if cfg["output"]["figures"]:
-        reporter.say("writing figures ...")
-        figures = [p.name for p in make_figures(run, cfg, learners[0][1], schedule, data,
-                                                histories, reporter.warn)]
+    figures = draw()
     summary = {
         "run_dir": str(run), "status": "resumed" if resume else "trained", "complete": True,
         "model": cfg["model"]["name"], "data": data.name, "learner": cfg["learner"]["name"],

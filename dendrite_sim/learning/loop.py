@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dendrite_sim.errors import check_range
+from dendrite_sim.errors import NumericalError, check_range
 from .diagnostics import layer_diagnostics
 from .files import atomic_write, remove_temporaries
 from .history import History, _empty_records, _write_json
@@ -236,8 +236,10 @@ def train(learner, data, *, epochs, batch_size=32, eval_every=1, seed=0, out_dir
         payload = {k: state[k] for k in state}
         payload.update(learner=learner.state_dict(), rng=gen.get_state(), config=config)
         atomic_write(ckpt_path, lambda f: torch.save(payload, f))
+        saved["step"] = state["step"]
         write_views(done)
 
+    saved = {"step": state["step"] if resumed else None}   # the checkpoint's position
     if resumed:
         remove_temporaries(out)
         if state["step"] < total:          # extended: the end-of-training sample goes
@@ -255,7 +257,13 @@ def train(learner, data, *, epochs, batch_size=32, eval_every=1, seed=0, out_dir
             if diag_now:
                 sample_diagnostics()
             t0 = time.perf_counter()
-            info = learner.step(x_tr[idx], y_tr[idx])
+            try:
+                info = learner.step(x_tr[idx], y_tr[idx])
+            except NumericalError as err:
+                raise NumericalError(f"{err} [batch {state['step'] + 1} of {total}, epoch "
+                                     f"{state['step'] / per_epoch:.2f}, simulated time "
+                                     f"{state['sim_time']:.6g}; {_kept(out, saved['step'])}]"
+                                     ) from None
             state["step_wall_time"] += time.perf_counter() - t0
             if diag_now:
                 records["diag"]["step_dW_norm"].append(info["dW_norm"])
@@ -281,6 +289,14 @@ def train(learner, data, *, epochs, batch_size=32, eval_every=1, seed=0, out_dir
     finally:
         bar.close()
     return History.from_records(records, depth, config)
+
+
+def _kept(out, saved_step) -> str:
+    if out is None:
+        return "no out_dir: nothing saved"
+    if saved_step is None:
+        return "nothing saved yet"
+    return f"the last good checkpoint, after batch {saved_step}, is kept in {out}"
 
 
 def _drop_end_sample(diag: dict, step: int) -> None:

@@ -50,12 +50,66 @@ def _cosine(u: torch.Tensor, v: torch.Tensor) -> float:
     return float((u * v).sum()) / (nu * nv)
 
 
-def _check_finite_params(params: dict):
-    for name, values in params.items():
+#: a parameter whose norm grows this many times its initial norm (at least 1) has run away
+RUNAWAY = 1e4
+
+
+def parameter_norms(params: dict) -> dict:
+    """``{"W_1": ||W_1||, ...}`` of the parameters (``None`` entries skipped)."""
+    return {f"{name}_{i}": float(p.detach().double().norm())
+            for name, values in params.items() for i, p in enumerate(values, start=1)
+            if p is not None}
+
+
+#: growth (over max(1, the norm when training began)) that names a weight as the likely cause
+GREW = 10.0
+
+
+def _largest_growth(norms: dict, start: dict) -> tuple:
+    """``(name, growth)`` of the parameter whose norm grew most since ``start`` (``(None,
+    0.0)`` when there is nothing to compare); a non-finite norm counts as infinite growth."""
+    growth = {k: v / max(start[k], 1.0) if math.isfinite(v) else math.inf
+              for k, v in norms.items() if k in start}
+    if not growth:
+        return None, 0.0
+    worst = max(growth, key=growth.get)
+    return worst, growth[worst]
+
+
+def growth_hint(norms: dict, start: dict) -> str:
+    """Which parameter grew most since ``start`` (norms as :func:`parameter_norms`), as the
+    likely cause of a failure, or that none grew much."""
+    worst, growth = _largest_growth(norms, start)
+    if worst is None:
+        return ""
+    if growth > GREW:
+        return (f"{worst} grew from norm {start[worst]:.3g} to {norms[worst]:.3g} since "
+                f"training began: lower the learning rate that updates {worst.rsplit('_', 1)[0]}")
+    return (f"no weight grew much (at most {growth:.3g}x, {worst}): look at the "
+            "nudge (eta_hat), the phase lengths, the state's range (a tanh inverse needs "
+            "(-1, 1)) and mu (near 0.5 the equilibria are ill-conditioned)")
+
+
+def _check_update(new: dict, current: dict, start: dict, runaway: float):
+    """Refuse an update (``current`` -> ``new``) that leaves a parameter non-finite, or whose
+    norm ran away (``runaway`` times its value in ``start``, when training began)."""
+    for name, values in new.items():
         for i, p in enumerate(values, start=1):
             if p is not None and not all_finite(p):
                 raise NumericalError(f"training diverged: {name}_{i} is not finite after this "
-                                     "update (not applied); lower the learning rates")
+                                     "update (not applied); likely cause: "
+                                     f"{growth_hint(parameter_norms(current), start)}")
+    norms = parameter_norms(new)
+    worst, growth = _largest_growth(norms, start)
+    if growth > runaway:
+        current_norms = parameter_norms(current)
+        if _largest_growth(current_norms, start)[1] > GREW:     # an earlier update's doing
+            cause = growth_hint(current_norms, start)
+        else:
+            cause = f"lower the learning rate that updates {worst.rsplit('_', 1)[0]}"
+        raise NumericalError(f"training diverged: {worst} ran away (norm {start[worst]:.3g} when "
+                             f"training began, {norms[worst]:.3g} after this update, not "
+                             f"applied); likely cause: {cause}")
 
 
 def _difference(new: dict, old: dict) -> dict:
@@ -82,6 +136,9 @@ class Learner:
     device: torch.device
     eval_chunk = 1024
     dynamic = False
+    #: growth of a parameter's norm (over max(1, its norm at the first step)) that stops
+    #: training as a run-away; ``math.inf`` to study divergence itself
+    runaway = RUNAWAY
 
     def _target(self, y):
         return loss_target(y, self.sizes[-1], self.dtype)
@@ -110,16 +167,36 @@ class Learner:
         """One update on the mini-batch ``(x, y)``; returns ``info`` with ``sim_time``,
         ``nfev`` and ``dW_norm`` (per layer ``||Delta (W_i, b_i)||``).
 
-        An update that leaves a parameter non-finite is not applied: ``NumericalError`` (the
-        learning rates are too large for this network and data).
+        An update that leaves a parameter non-finite, or grown :attr:`runaway` times its norm
+        when training began (:attr:`start_norms`, taken at the first step), is not applied:
+        ``NumericalError`` (the learning rates are too large for this network and data).
         """
         old = _forward_params(self.params, self.forward_names)
-        new, info = self.propose(x, y)
-        _check_finite_params(new)
+        if getattr(self, "start_norms", None) is None:
+            self.start_norms = parameter_norms(self.params)
+        try:
+            new, info = self.propose(x, y)
+        except NumericalError as err:
+            raise NumericalError(f"{err}; likely cause: {self._likely_cause(x, y)}") from None
+        _check_update(new, self.params, self.start_norms, self.runaway)
         self.commit(new)
         delta = _layer_vectors(_difference(new, old), len(self.sizes) - 1)
         info["dW_norm"] = [float(v.norm()) for v in delta]
         return info
+
+    def _likely_cause(self, x, y) -> str:
+        """What looking at the learner finds (:meth:`failure_hints`), else which weight grew."""
+        try:
+            hints = self.failure_hints(x, y)
+        except (NumericalError, ValueError, RuntimeError):
+            hints = []
+        return "; ".join(hints) or growth_hint(parameter_norms(self.params), self.start_norms)
+
+    def failure_hints(self, x, y) -> list[str]:
+        """Causes of a numerical failure on the batch ``(x, y)`` found by looking at the
+        learner's own state (e.g. a target outside a transfer's inverse domain); default
+        none."""
+        return []
 
     def state_dict(self) -> dict:
         """``{"params": copies of}`` :attr:`params` (a learner with more state extends it)."""

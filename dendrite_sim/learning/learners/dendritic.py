@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import torch
+
 from dendrite_sim.dynamics.teaching import Nudge, _check_loss
 from dendrite_sim.errors import check_bool, check_range
+from dendrite_sim.families.mixing import MU_WARN
 from dendrite_sim.learning.presentation import MODES
 from . import register_learner
 from .base import Learner, _jsonable_scalar_or_list
@@ -90,6 +93,31 @@ class DendriticLearner(Learner):
         self.unconverged_presentations += int(not converged)
         return new, {"sim_time": float(pres.sim_time), "nfev": int(pres.nfev),
                      "converged": converged}
+
+    def failure_hints(self, x, y) -> list[str]:
+        """Causes found by looking: ``mu`` close to 0.5, and a nudged output target outside
+        the output transfer's inverse domain (at the feed-forward output)."""
+        hints = []
+        mu = self.config()["model_hyper"].get("mu")
+        if isinstance(mu, float) and mu > MU_WARN:
+            hints.append(f"mu = {mu:g} is close to 0.5 (equilibria ill-conditioned)")
+        transfers = self.model.layer_transfers
+        if transfers is not None and self.model.forward_params:
+            low, high = transfers[-1].inverse_domain
+            out = self.model.forward(self.model.params, x)
+            target = self.teaching(y).output_target(out)
+            outside = torch.zeros_like(target, dtype=torch.bool)
+            if low is not None:
+                outside |= target <= low
+            if high is not None:
+                outside |= target >= high
+            if bool(outside.any()):
+                worst = float(target[outside].abs().max())
+                hints.append(f"the nudged output target leaves the output transfer's inverse "
+                             f"domain ({low}, {high}) (|target| up to {worst:.3g} in "
+                             f"{int(outside.any(-1).sum())} of {x.shape[0]} examples): lower "
+                             f"eta_hat (now {self.eta_hat:g})")
+        return hints
 
     def commit(self, new):
         for n, values in new.items():
