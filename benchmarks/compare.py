@@ -111,6 +111,14 @@ MODEL_SETTINGS = {
         budget=(2, 1000),
         note="configs/cdtp.toml with the leaky-ReLU sigma; own budget (100x the cost of the "
              "others per example)"),
+    ("teacher_student", "two_phase"): dict(
+        model=dict(compensate_decay=False, eta=0.03),
+        note="compensate_decay off, eta 0.03 (configs/two_phase.toml's: test MSE 5.8e6 +- "
+             "1e7 over 3 seeds; eta 0.1: 43.7, seed 0)"),
+    ("teacher_student", "multiplexing"): dict(
+        model=dict(eta=0.01, eta_inv=0.0),
+        note="eta 0.01, feedback fixed at Q = (s'(0) W)^+ (eta_inv 0.01: b_1 runs away; "
+             "Q = W^T: 13.3, seed 0; eta 0.05: W_2 runs away)"),
     ("fashion_mnist", "two_phase"): dict(
         model=dict(compensate_decay=False, eta=0.1),
         note="compensate_decay off, eta 0.1 (on: chance; 0.5: 42.5 % on 1000 examples, W_2 "
