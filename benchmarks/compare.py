@@ -398,11 +398,17 @@ def figure(rows, path):
         mine = [r for r in rows if r["data"] == name]
         shown = [r for r in mine if not math.isnan(r["mean"])
                  and not math.isnan(r["time_vs_backprop"])]
-        for i, r in enumerate(shown):
-            color = plt.cm.tab10(i % 10)
+        count = {"learner": 0, "model": 0}
+        for r in shown:
+            i = count[r["kind"]]
+            count[r["kind"]] += 1
+            if r["kind"] == "learner":
+                color, marker = plt.cm.tab10(i % 10), MARKERS[i % len(MARKERS)]
+            else:   # shapes that read well open, colours apart from the first learners'
+                color, marker = plt.cm.tab10((9 - i) % 10), "sDo^v"[i % 5]
             std = 0 if math.isnan(r["std"]) else r["std"]
-            ax.errorbar(r["time_vs_backprop"], r["mean"], yerr=std, fmt=MARKERS[i % 13],
-                        markersize=8, capsize=3, color=color, mew=1.5,
+            ax.errorbar(r["time_vs_backprop"], r["mean"], yerr=std, fmt=marker,
+                        markersize=8, capsize=3, color=color, mew=2,
                         mfc=color if r["kind"] == "learner" else "none",
                         label=f"{r['name']} ({r['epochs']} ep., {r['n_train']} ex.)")
         ax.set_xscale("log")
