@@ -94,7 +94,8 @@ def test_model_settings_update_the_models_configuration(compare, monkeypatch):
     monkeypatch.setitem(compare.MODEL_SETTINGS, ("mnist1d", "two_phase"),
                         dict(model=dict(eta=0.3), training=dict(eta_hat=0.2)))
     model, training = compare.model_config("two_phase", "mnist1d")
-    base_model, base_training = compare.model_config("two_phase", "teacher_student")
+    assert ("digits", "two_phase") not in compare.MODEL_SETTINGS   # the plain configuration
+    base_model, base_training = compare.model_config("two_phase", "digits")
     assert model["eta"] == 0.3 and base_model["eta"] != 0.3
     assert training["eta_hat"] == 0.2
     assert {k: v for k, v in model.items() if k != "eta"} == \
