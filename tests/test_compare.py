@@ -138,3 +138,16 @@ def test_report_flags_a_file_of_an_earlier_version(compare, tmp_path):
     lines = csv_path.read_text().splitlines()
     csv_path.write_text("\n".join(line.rsplit(",", 1)[0] for line in lines) + "\n")
     assert "earlier version" in compare.report(tmp_path, tmp_path / "c.md").read_text()
+
+
+def test_a_learners_rate_factor_scales_its_rates_and_is_noted(compare, monkeypatch):
+    monkeypatch.setitem(compare.LR_SCALE, ("digits", "dtp_original"), 0.25)
+    net = compare.DATASETS["digits"]["network"]
+    scaled = compare.make_learner("dtp_original", "learner", net, "cross_entropy", 0,
+                                  data="digits")
+    plain = compare.make_learner("dtp_original", "learner", net, "cross_entropy", 0)
+    assert scaled.lr == pytest.approx(0.25 * plain.lr)
+    assert scaled.lr_inv == pytest.approx(0.25 * plain.lr_inv)
+    cell = ("digits", 0, "dtp_original", "learner", 1, None)
+    row = compare.rows_from([cell], {cell: {"metric": 0.9, "per_example": 1.0}})[0]
+    assert row["note"] == "lr and lr_inv x0.25 (x1 diverges)"
