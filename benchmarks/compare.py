@@ -121,11 +121,11 @@ MODEL_SETTINGS = {
     ("teacher_student", "two_phase"): dict(
         model=dict(compensate_decay=False, eta=0.03),
         note="compensate_decay off, eta 0.03 (configs/two_phase.toml's: test MSE 5.8e6 +- "
-             "1e7 over 3 seeds; eta 0.1: 43.7, seed 0)"),
+             "1e7 over 3 seeds; eta 0.1: 43.7, seed 0, with the transient step)"),
     ("teacher_student", "multiplexing"): dict(
         model=dict(eta=0.01, eta_inv=0.0),
-        note="eta 0.01, feedback fixed at Q = (s'(0) W)^+ (eta_inv 0.01: b_1 runs away; "
-             "Q = W^T: 13.3, seed 0; eta 0.05: W_2 runs away)"),
+        note="eta 0.01, feedback fixed at Q = (s'(0) W)^+ (Q = W^T: 13.3, seed 0; eta 0.05: "
+             "W_2 runs away; eta_inv 0.01 with the transient step: b_1 runs away)"),
     ("fashion_mnist", "two_phase"): dict(
         model=dict(compensate_decay=False, eta=0.1),
         note="compensate_decay off, eta 0.1 (on: chance; 0.5: 42.5 % on 1000 examples, W_2 "
