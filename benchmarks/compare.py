@@ -124,8 +124,8 @@ MODEL_SETTINGS = {
              "1e7 over 3 seeds; eta 0.1: 43.7, seed 0, with the transient step)"),
     ("teacher_student", "multiplexing"): dict(
         model=dict(eta=0.01, eta_inv=0.0),
-        note="eta 0.01, feedback fixed at Q = (s'(0) W)^+ (Q = W^T: 13.3, seed 0; eta 0.05: "
-             "W_2 runs away; eta_inv 0.01 with the transient step: b_1 runs away)"),
+        note="eta 0.01, feedback fixed at Q = (s'(0) W)^+ (Q = W^T: 13.3 at eta 0.01, W_2 "
+             "runs away at 0.05, seed 0; eta_inv 0.01 with the transient step: b_1 runs away)"),
     ("fashion_mnist", "two_phase"): dict(
         model=dict(compensate_decay=False, eta=0.1),
         note="compensate_decay off, eta 0.1 (on: chance; 0.5: 42.5 % on 1000 examples, W_2 "
