@@ -85,6 +85,8 @@ LR_SCALE = {
     ("fashion_mnist", "tp_original"): 0.3,    # x1: Q_1 runs away; x0.3: 71.6 %
     ("fashion_mnist", "dtp_original"): 0.3,   # x1: Q_1 runs away; x0.3: 72.4 %
     ("fashion_mnist", "tp_ai"): 0.1,          # x1 and x0.3: b_1 runs away; x0.1: 41.6 %
+    ("mnist1d", "tp_original"): 0.3,          # x1: W_1 not finite; x0.3: 26.8 %, x0.1: 19.8 %
+    ("mnist1d", "tp_ai"): 0.1,                # x1: Q_1 not finite, x0.3: Q_1 runs away; 25.1 %
 }
 #: (data set, model) -> settings of the continuous-time model found by measurement for this
 #: comparison, over its ``dendrite_sim/configs/<model>.toml``: ``model`` (constructor options,
