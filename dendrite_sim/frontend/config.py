@@ -100,6 +100,8 @@ SOLVER = {
     "max_iter": ("int", 50),
     "equilibrium": ("str", "auto"),     # fixed_point method
     "dense_limit": ("int", None),
+    "max_seconds": ("number", None),    # budget of one equilibrium solve (wall time)
+    "max_evals": ("int", None),         # ... and in vector-field evaluations
 }
 OUTPUT = {
     "dir": ("str", None),               # run directory (default runs/<model>-<time>)
@@ -758,6 +760,8 @@ UNSET_MEANS = {
     "solver.tol": "the dtype's default residual tolerance",
     "solver.rate_tol": "the equilibrium solver's default",
     "solver.dense_limit": "the equilibrium solver's default",
+    "solver.max_seconds": "10 s per equilibrium solve",
+    "solver.max_evals": "no limit on evaluations (the time budget applies)",
     "data.max_train": "every training example",
     "data.max_test": "every test example",
     "schedule.phases": "the model's default schedule with the durations above",
@@ -868,7 +872,8 @@ def build_integrator(cfg: dict):
 
 
 EQUILIBRIUM_KEYS = {"equilibrium": "method", "tol": "tol", "rate_tol": "rate_tol",
-                    "max_iter": "max_iter", "dense_limit": "dense_limit"}
+                    "max_iter": "max_iter", "dense_limit": "dense_limit",
+                    "max_seconds": "max_seconds", "max_evals": "max_evals"}
 
 
 def build_equilibrium_solver(cfg: dict):
@@ -894,8 +899,10 @@ def learner_options(cfg: dict) -> tuple[dict, dict]:
     if cfg["training"]["mode"] == "coupled":
         present = {"integrator": build_integrator(cfg)}
     else:
-        present = {k: s[k] for k in ("tol", "rate_tol", "max_iter") if s.get(k) is not None}
-    fixed = {k: s[k] for k in ("tol", "max_iter", "dense_limit") if s.get(k) is not None}
+        present = {k: s[k] for k in ("tol", "rate_tol", "max_iter", "max_seconds", "max_evals")
+                   if s.get(k) is not None}
+    fixed = {k: s[k] for k in ("tol", "max_iter", "dense_limit", "max_seconds", "max_evals")
+             if s.get(k) is not None}
     if s.get("equilibrium"):
         fixed["method"] = s["equilibrium"]
     return present, fixed

@@ -98,8 +98,9 @@ class Presentation:
     ``phase_states`` ``{phase name: (B, N) state at the end of that phase}``;
     ``nfev`` vector-field evaluations (quasi-static: those of the equilibrium solves);
     ``sim_time`` simulated time (the schedule's duration); ``mode``;
-    ``converged`` whether every equilibrium solve converged (always True when coupled);
-    ``residual`` the largest equilibrium residual met (0 when coupled).
+    ``converged`` whether every equilibrium solve converged to a stable equilibrium (always
+    True when coupled); ``residual`` the largest equilibrium residual met (0 when coupled);
+    ``failure`` the first phase and example without one, and why ("" when converged).
     """
 
     params: dict
@@ -109,6 +110,7 @@ class Presentation:
     mode: str
     converged: bool = True
     residual: float = 0.0
+    failure: str = ""
 
 
 def present(model: NetworkModel, x, target, schedule: Schedule, mode: str = "quasi_static",
@@ -116,7 +118,8 @@ def present(model: NetworkModel, x, target, schedule: Schedule, mode: str = "qua
             max_abs: float = 1e6, step_size=None, tol=None, rate_tol=None,
             max_iter: int = 50, require_plastic=("W",), end_state: bool = True,
             gate_samples: int = 4, integrator: Integrator | None = None,
-            transient: bool = True, drift_lag: bool = True) -> Presentation:
+            transient: bool = True, drift_lag: bool = True, max_seconds=None,
+            max_evals=None) -> Presentation:
     """Show the batch ``x`` with teaching ``target`` for ``schedule``; return the new weights.
 
     Parameters
@@ -140,6 +143,9 @@ def present(model: NetworkModel, x, target, schedule: Schedule, mode: str = "qua
         max_abs``, which otherwise build one.
     tol, max_iter : equilibrium settings of :func:`fixed_point` (quasi-static mode); ``tol``
         defaults to 1e-10 (float64) or 1e-5 (float32).
+    max_seconds, max_evals : budget of each equilibrium solve (quasi-static mode; defaults
+        of :class:`~dendrite_sim.dynamics.equilibrium.EquilibriumSolver`); a spent budget
+        leaves the presentation unconverged.
     rate_tol : tolerance of an equilibrium that only sets the rates of a phase training
         nothing but ``model.coarse_rate_groups`` (quasi-static mode, step 1 of the module
         docstring); default ``min(1e-3, sqrt(tol))``, never below ``tol``.
@@ -180,8 +186,11 @@ def present(model: NetworkModel, x, target, schedule: Schedule, mode: str = "qua
     model.drive(x, target)  # validates x and target against the model (its ValueError)
     if mode == "coupled":
         return _coupled(model, x, target, schedule, params, integrator)
-    return _quasi_static(model, x, target, schedule, params, tol, rate_tol, max_iter,
-                         end_state, gate_samples, check_bool("transient", transient),
+    budget = {k: v for k, v in dict(max_seconds=max_seconds, max_evals=max_evals).items()
+              if v is not None}
+    return _quasi_static(model, x, target, schedule, params, dict(tol=tol, max_iter=max_iter,
+                                                                  **budget),
+                         rate_tol, end_state, gate_samples, check_bool("transient", transient),
                          check_bool("drift_lag", drift_lag))
 
 
@@ -266,7 +275,7 @@ def _constant(gates: dict):
     return lambda t: gates
 
 
-def _quasi_static(model, x, target, schedule, params, tol, rate_tol, max_iter, end_state,
+def _quasi_static(model, x, target, schedule, params, solve, rate_tol, end_state,
                   gate_samples, transient, drift_lag):
     params = _copy_params(params)
     base = model.drive(x, target)                        # validated once
@@ -275,9 +284,9 @@ def _quasi_static(model, x, target, schedule, params, tol, rate_tol, max_iter, e
     slow = tuple(v for v in model.slow_variables if v in model.layout.variables)
     others = [v for v in model.layout.variables if v != model.activity and v not in slow]
     pair = model.gates_per_example and not others
-    pieces, solve = _pieces(model, schedule, gate_samples), dict(tol=tol, max_iter=max_iter)
+    pieces = _pieces(model, schedule, gate_samples)
     coarse_solve = dict(solve, tol=rate_tol)
-    states, nfev, converged, worst, ahead = {}, 0, True, 0.0, None
+    states, nfev, failure, worst, ahead = {}, 0, "", 0.0, None
     for k, piece in enumerate(pieces):
         phase, t0 = piece.phase, piece.start
         drive = dataclasses.replace(base, gates=_constant(piece.gates))
@@ -291,7 +300,7 @@ def _quasi_static(model, x, target, schedule, params, tol, rate_tol, max_iter, e
         if ahead is None:
             y_star, eq = _equilibrate(view, y, drive, params, prepared,
                                       coarse_solve if coarse else solve)
-            nfev, converged, worst = _tally(eq, phase, nfev, converged, worst, final=not coarse)
+            nfev, failure, worst = _tally(eq, phase, nfev, failure, worst, final=not coarse)
         else:        # solved with the previous piece's re-solve; the held blocks are y's
             y_star, ahead = (view.embed(view.restrict(ahead)) if held else ahead), None
         start = y
@@ -311,15 +320,15 @@ def _quasi_static(model, x, target, schedule, params, tol, rate_tol, max_iter, e
                                                       params, prepared, solve)
             else:
                 y_star, eq = _equilibrate(view, y_star, drive, params, prepared, solve)
-            nfev, converged, worst = _tally(eq, phase, nfev, converged, worst)
+            nfev, failure, worst = _tally(eq, phase, nfev, failure, worst)
             y, _ = _relax_slow(model, drive, prepared, y_star, slow, t0, piece.duration)
             if transient and drift_lag and _moving(model, rates):
                 y = y + lag_behind_drift(model, view, drive, started, prepared, t0, y_star,
                                          piece.duration)
         if piece.last:
             states[phase.name] = y
-    return Presentation(params, states, nfev, schedule.duration, "quasi_static", converged,
-                        worst)
+    return Presentation(params, states, nfev, schedule.duration, "quasi_static", not failure,
+                        worst, failure)
 
 
 def _euler_step(model, params, rates, duration):
@@ -381,13 +390,19 @@ def _equilibrate_pair(view, y, drive, following, params, prepared, solve):
     return y_both[:batch], y_both[batch:], eq
 
 
-def _tally(eq, phase, nfev, converged, worst, final=True):
-    """Counts, convergence and the largest residual of the equilibria at ``tol`` (``final``;
-    a coarse one, re-solved later, adds its evaluations and convergence only)."""
+def _tally(eq, phase, nfev, failure, worst, final=True):
+    """Counts, the first failure and the largest residual of the equilibria at ``tol``
+    (``final``; a coarse one, re-solved later, adds its evaluations and failure only). An
+    unstable equilibrium is a failure: the dynamics would not stay there."""
     if not all_finite(eq.y):
         raise NumericalError(f"quasi-static presentation: the equilibrium of phase "
                              f"{phase.name!r} is not finite")
-    return (nfev + eq.nfev, converged and eq.all_converged,
+    if not failure and not bool(eq.stable.all()):
+        bad = int((~eq.stable).nonzero()[0, 0])
+        failure = (f"phase {phase.name!r}, example {bad}: {eq.reason[bad] or 'not converged'}"
+                   f" (residual {float(eq.residual[bad]):.3g}, leading eigenvalue "
+                   f"{float(eq.leading_eigenvalue[bad]):+.3g})")
+    return (nfev + eq.nfev, failure,
             max(worst, float(eq.residual.max())) if final else worst)
 
 

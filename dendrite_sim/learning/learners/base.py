@@ -136,6 +136,8 @@ class Learner:
     device: torch.device
     eval_chunk = 1024
     dynamic = False
+    #: a presentation whose equilibria did not converge: "stop", "skip" or "continue"
+    on_unconverged = "continue"
     #: growth of a parameter's norm (over max(1, its norm at the first step)) that stops
     #: training as a run-away; ``math.inf`` to study divergence itself
     runaway = RUNAWAY
@@ -178,6 +180,15 @@ class Learner:
             new, info = self.propose(x, y)
         except NumericalError as err:
             raise NumericalError(f"{err}; likely cause: {self._likely_cause(x, y)}") from None
+        if info.get("converged") is False and self.on_unconverged != "continue":
+            why = ("this presentation has no stable equilibrium "
+                   f"({info.get('failure') or 'not converged'})")
+            if self.on_unconverged == "stop":
+                raise NumericalError(f"{why}, so its weight change cannot be trusted; likely "
+                                     f"cause: {self._likely_cause(x, y)} (on_unconverged = "
+                                     "'skip' skips such batches)")
+            info.update(skipped=True, dW_norm=[0.0] * (len(self.sizes) - 1))
+            return info
         _check_update(new, self.params, self.start_norms, self.runaway)
         self.commit(new)
         delta = _layer_vectors(_difference(new, old), len(self.sizes) - 1)

@@ -12,6 +12,10 @@ from . import register_learner
 from .base import Learner, _jsonable_scalar_or_list
 
 
+#: what training does with a presentation whose equilibria did not converge
+UNCONVERGED = ("stop", "skip", "continue")
+
+
 @register_learner("dendritic")
 class DendriticLearner(Learner):
     """Learning by presenting each mini-batch to the dynamical network.
@@ -41,6 +45,10 @@ class DendriticLearner(Learner):
         this first-order term is not small -- for two-phase DTP at ``eta_inv = 1e-3`` the
         trace's lag behind the free state moves the layer-1 signal by half of it, and the
         digits network's ``W_2`` runs away in the first epoch with it.
+    on_unconverged : a presentation whose equilibria did not converge (quasi-static mode)
+        ``"stop"`` training with the reason (default), is ``"skip"``-ped (weights unchanged)
+        or is applied anyway (``"continue"``); each is counted in
+        ``unconverged_presentations``.
     """
 
     #: has neural dynamics: equilibria, reconstruction errors and spectra are diagnosed
@@ -48,7 +56,7 @@ class DendriticLearner(Learner):
 
     def __init__(self, model, schedule=None, mode="quasi_static", loss="cross_entropy",
                  eta_hat=0.1, present_kwargs=None, fixed_point_kwargs=None, transient=True,
-                 drift_lag=False):
+                 drift_lag=False, on_unconverged="stop"):
         if mode not in MODES or mode not in model.presentation_modes:
             raise ValueError(f"mode must be one of {list(model.presentation_modes)} for "
                              f"{type(model).__name__}; got {mode!r}")
@@ -62,6 +70,10 @@ class DendriticLearner(Learner):
                                "drift_lag": check_bool("drift_lag", drift_lag),
                                **(present_kwargs or {})}
         self.fixed_point_kwargs = dict(fixed_point_kwargs or {})
+        if on_unconverged not in UNCONVERGED:
+            raise ValueError(f"on_unconverged must be one of {list(UNCONVERGED)}; got "
+                             f"{on_unconverged!r}")
+        self.on_unconverged = on_unconverged
         self.unconverged = 0  # free equilibria of predict() that did not converge
         self.unconverged_presentations = 0  # presentations with an unconverged phase
 
@@ -92,7 +104,8 @@ class DendriticLearner(Learner):
         converged = bool(pres.converged)
         self.unconverged_presentations += int(not converged)
         return new, {"sim_time": float(pres.sim_time), "nfev": int(pres.nfev),
-                     "converged": converged}
+                     "converged": converged, "residual": float(pres.residual),
+                     "failure": pres.failure}
 
     def failure_hints(self, x, y) -> list[str]:
         """Causes found by looking: ``mu`` close to 0.5, and a nudged output target outside
