@@ -731,7 +731,8 @@ def _solve(residual, y, F, tol, max_iter, plan, step, dt0):
         if residual.spent:
             break
         if name == "anderson":
-            y, F, more, contracted = _anderson(residual, y, F, tol, max_iter, step)
+            y, F, more, plain = _anderson(residual, y, F, tol, max_iter, step)
+            contracted = contracted | plain           # a second attempt keeps the first's
         elif name == "ptc":
             y, F, more = _ptc(residual, y, F, tol, max_iter, dt0)
         else:
