@@ -339,3 +339,113 @@ def test_spectrum_outside_inverse_domain_is_a_clear_error_never_a_signal():
                          timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert run.returncode == 0, (run.returncode, run.stderr[-2000:])
     assert run.stdout.strip() == "clean"
+
+
+# -- training: any learner, hostile data and settings ------------------------------------------
+@st.composite
+def datasets(draw):
+    """A would-be training set for a 2-2-2 network: mostly right, sometimes wrong."""
+    from dendrite_sim.frontend.data import Dataset
+    n = draw(st.sampled_from([4, 4, 4, 1, 0]))
+    x = np.full((n, draw(st.sampled_from([2, 2, 3]))), 0.1)
+    if n and draw(st.booleans()):
+        x[0, 0] = draw(FILLS)
+    task = draw(st.sampled_from(["classification", "regression"]))
+    y = np.arange(n) % 2 if task == "classification" else np.full((n, 2), 0.2)
+    kind = draw(st.sampled_from(["dataset"] * 4 + ["tuple", "lists", "name"]))
+    if kind == "name":
+        return draw(st.sampled_from(["nope", "teacher_student"]))
+    if kind == "tuple":
+        return (x, y)
+    if kind == "lists":
+        return (x.tolist(), y.tolist())
+    try:
+        return Dataset(x, y, x, y, 2 if task == "classification" else None, task, "fuzz", "")
+    except ALLOWED:
+        return (x, y)
+
+
+@fuzz(40)
+@given(data=st.data())
+def test_train(data, tmp_path_factory):
+    from dendrite_sim.learning import train
+    from dendrite_sim.learning.learners import learner_class, learner_names
+    name = data.draw(st.sampled_from(learner_names()))
+    m = TwoPhaseDTP([2, 2, 2], mu=0.2, feedback="learned", dtype=F64)
+
+    def build():
+        cls = learner_class(name)
+        return cls(m) if name == "dendritic" else cls(m, loss="mse")
+
+    learner, err = outcome(build)
+    if err is not None:
+        return
+    dataset = data.draw(datasets())
+    epochs = data.draw(st.sampled_from([1, 1, 0, -1, "1", 1.5]))
+    batch = data.draw(st.sampled_from([2, 2, 0, "2", 10 ** 9]))
+    out_dir = data.draw(st.sampled_from([None, "dir", "file"]))
+    if out_dir is not None:
+        root = tmp_path_factory.mktemp("run")
+        if out_dir == "file":
+            (root / "file").write_text("not a directory")
+        out_dir = root / out_dir
+    hist, err = outcome(lambda: train(learner, dataset, epochs=epochs, batch_size=batch,
+                                      progress=False, out_dir=out_dir, n_eig=0))
+    if err is None:
+        assert len(hist.examples) >= 1 and np.isfinite(hist.train_loss[0])
+
+
+# -- the configuration loader and every CLI command ------------------------------------------
+KEYS = st.sampled_from(["model.mu", "model.sizes", "model.transfer", "model.dtype",
+                        "training.epochs", "training.batch_size", "training.eta_hat",
+                        "training.baselines", "solver.method", "solver.max_seconds",
+                        "data.name", "data.max_train", "schedule.T_free", "learner.mode",
+                        "learner.on_unconverged", "output.dpi", "nosection.key", "model",
+                        "model.", ".mu", "model.mu.x"])
+VALUES = st.sampled_from(["0.2", "-1", "nan", "inf", "1e400", '"a\\u007fb"', "[1, 2]",
+                          "[64, 8, 10]", "true", "abc", '""', "{a = 1}", "2.5", "0",
+                          "99999999999999999999", "[", '"tanh"', '["backprop"]'])
+
+
+@fuzz(40)
+@given(key=KEYS, value=VALUES)
+def test_config_overrides(key, value):
+    """Every ``--set KEY=VALUE`` either gives a valid configuration whose TOML text reads back
+    to itself, or a ``ConfigError`` naming the key."""
+    import tomllib
+    from dendrite_sim.frontend.config import dumps_toml, load_config, validate_config
+    cfg, err = outcome(lambda: load_config("two_phase", [f"{key}={value}"]))
+    if err is None:
+        assert validate_config(tomllib.loads(dumps_toml(cfg))) == cfg
+
+
+ARGV = st.sampled_from([
+    ["config", "two_phase", "--set"], ["config", "nope"], ["config", "/no/such.toml"],
+    ["models"], ["compare"], ["compare", "/no/such/run"], ["plot", "/no/such/run"],
+    ["analyze", "two_phase", "--sweep", "mu"], ["analyze", "two_phase", "--values", "1:2:3"],
+    ["analyze", "two_phase", "--sweep", "nope", "--values", "0.1,0.2"],
+    ["analyze", "two_phase", "--sweep", "mu", "--values", "0.1:0.9:3"],
+    ["simulate", "two_phase", "--set", "model.sizes=[64,0,10]"],
+    ["simulate", "two_phase", "--set", "solver.method=nope"],
+    ["run", "two_phase", "--resume"], ["run", "/no/such/run", "--resume"],
+    ["run", "two_phase", "--resume", "--overwrite"], ["run", "two_phase", "--set", "x"],
+    ["sweep", "two_phase", "--grid", "model.mu"], ["sweep", "two_phase", "--seeds", "-1"],
+    ["sweep", "two_phase", "--grid", "nope.key=1,2"], ["frobnicate"], []])
+
+
+@fuzz(40)
+@given(argv=ARGV)
+def test_cli_commands(argv, tmp_path_factory, capsys, monkeypatch):
+    """Every command with hostile arguments exits 0, or 2 with one line on stderr (argparse
+    usage errors included), never a traceback."""
+    from dendrite_sim.cli import main
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+    try:
+        code = main(list(argv))
+    except SystemExit as exit_:
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code in (0, 2), (argv, code, err)
+    assert "Traceback" not in err
+    if code == 2:
+        assert err.strip(), argv

@@ -217,7 +217,7 @@ def model_class(name: str):
 # ----------------------------------------------------------------------------------------------
 # types
 # ----------------------------------------------------------------------------------------------
-_TYPE_WORDS = {"int": "an integer", "number": "a number", "bool": "a boolean (true/false)",
+_TYPE_WORDS = {"int": "an integer", "number": "a number (not nan)", "bool": "a boolean (true/false)",
                "str": "a string", "list[int]": "a list of integers",
                "list[number]": "a list of numbers", "list[str]": "a list of strings",
                "dtype": f"one of {list(DTYPES)}", "phases": "a list of phase tables",
@@ -229,7 +229,8 @@ def _is_int(v):
 
 
 def _is_number(v):
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    """A real number that is not NaN (no setting means NaN; inf may, e.g. a budget)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
 
 
 def _matches(value, spec: str) -> bool:
