@@ -126,7 +126,7 @@ def comparison_figure(histories: dict, path, dpi):
                     label=f"{label} train")
         ax.set_ylabel(metric)
         ax.legend(fontsize="small")
-    axes[-1].set_xlabel("examples")
+    axes[-1].set_xlabel("training examples seen")
     return plots.save(fig, path, dpi=dpi)
 
 

@@ -325,6 +325,7 @@ def plot_history(history: History, out_dir) -> list[Path]:
             timed = {"time": history.sim_time,
                      **{k: v for k, v in curves.items() if k != "examples"}}
             fig = plot_learning_curves(timed, x="time")
+            fig.axes[-1].set_xlabel("simulated time (τ)")
             fig.suptitle(f"{_run_title(history)}: against simulated time (units of tau)",
                          fontsize="small")
             paths.append(save(fig, out / "learning_curves_time.png"))
