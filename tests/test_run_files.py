@@ -147,3 +147,11 @@ def test_corrupt_checkpoint_is_one_clear_error(tmp_path, data):
     (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match=r"resume: .*checkpoint.pt cannot be read.*overwrite"):
         train(learner(), data, out_dir=tmp_path, resume=True, **KW)
+
+
+def test_out_dir_that_is_a_file_is_one_clear_error(tmp_path, data):
+    path = tmp_path / "a_file"
+    path.write_text("mine")
+    with pytest.raises(ValueError, match="out_dir .* exists and is not a directory"):
+        train(learner(), data, out_dir=path, **KW)
+    assert path.read_text() == "mine"

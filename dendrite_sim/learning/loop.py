@@ -163,6 +163,9 @@ def train(learner, data, *, epochs, batch_size=32, eval_every=1, seed=0, out_dir
     depth = len(learner.sizes) - 1
 
     out = None if out_dir is None else Path(out_dir)
+    if out is not None and out.exists() and not out.is_dir():
+        raise ValueError(f"out_dir {str(out)!r} exists and is not a directory; give a "
+                         "directory (created when missing)")
     ckpt_path = None if out is None else out / "checkpoint.pt"
     gen = torch.Generator().manual_seed(seed)
     state = {"step": 0, "epoch": 0, "pos": 0, "perm": None, "examples": 0, "sim_time": 0.0,
