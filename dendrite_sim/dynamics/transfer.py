@@ -38,20 +38,25 @@ class Transfer:
     def inverse_unchecked(self, y: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def outside_inverse_domain(self, y: torch.Tensor) -> torch.Tensor:
+        """Boolean mask of the entries of ``y`` outside the open :attr:`inverse_domain`."""
+        low, high = self.inverse_domain
+        outside = torch.zeros_like(y, dtype=torch.bool)
+        if low is not None:
+            outside |= y <= low
+        if high is not None:
+            outside |= y >= high
+        return outside
+
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         """``s^{-1}(y)``; raises ``ValueError`` when ``y`` leaves the open inverse domain."""
-        low, high = self.inverse_domain
-        if low is not None or high is not None:
-            outside = torch.zeros_like(y, dtype=torch.bool)
-            if low is not None:
-                outside |= y <= low
-            if high is not None:
-                outside |= y >= high
+        if self.inverse_domain != (None, None):
+            outside = self.outside_inverse_domain(y)
             if bool(outside.any()):
-                bad = float(y[outside].flatten()[0])
+                low, high = self.inverse_domain
                 raise ValueError(
                     f"{self.name} inverse: input y must lie in the open interval "
-                    f"({low}, {high}); got {bad}")
+                    f"({low}, {high}); got {float(y[outside].flatten()[0])}")
         return self.inverse_unchecked(y)
 
     def __repr__(self) -> str:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from dendrite_sim.dynamics.teaching import Nudge, _check_loss
 from dendrite_sim.errors import check_bool, check_range
 from dendrite_sim.families.mixing import MU_WARN
@@ -117,13 +115,8 @@ class DendriticLearner(Learner):
         transfers = self.model.layer_transfers
         if transfers is not None and self.model.forward_params:
             low, high = transfers[-1].inverse_domain
-            out = self.model.forward(self.model.params, x)
-            target = self.teaching(y).output_target(out)
-            outside = torch.zeros_like(target, dtype=torch.bool)
-            if low is not None:
-                outside |= target <= low
-            if high is not None:
-                outside |= target >= high
+            target = self.teaching(y).output_target(self.model.forward(self.model.params, x))
+            outside = transfers[-1].outside_inverse_domain(target)
             if bool(outside.any()):
                 worst = float(target[outside].abs().max())
                 hints.append(f"the nudged output target leaves the output transfer's inverse "
