@@ -30,10 +30,10 @@ def clamped(seed, batch, width=8, transfer="leaky_relu", gain=2.0):
     return model, x, gain * torch.randn(batch, width, dtype=F64, generator=gen)
 
 
-def integrated(model, x, target, horizon=200.0):
+def integrated(model, x, target, horizon=200.0, rtol=1e-9, atol=1e-11):
     """End of a tight integration from the initial state and its residual max |dy/dt|."""
-    end = ds.simulate(model, x, torch.tensor([0.0, horizon], dtype=F64), target, rtol=1e-9,
-                      atol=1e-11).final
+    end = ds.simulate(model, x, torch.tensor([0.0, horizon], dtype=F64), target, rtol=rtol,
+                      atol=atol).final
     rate = model.field(0.0, end, model.drive(x, target), model.prepare(model.params))
     return end, rate.abs().amax(-1)
 
