@@ -172,7 +172,7 @@ def _epoch_table(h_mx, h_bp):
 
 
 def fashion(n_train, n_test, epochs, batch_size, eta, eta_hat, eta_inv, max_eval, out_dir,
-            hidden="tanh", feedback_init="transpose"):
+            hidden="tanh", feedback_init="transpose", transient=False):
     """Fashion-MNIST 784-256-256-256-10, quasi-static, float32, against backprop at the
     equivalent SGD step ``T_learn * eta * eta_hat`` (same initial weights and batches).
     ``n_train`` / ``n_test`` 0: the full 60000 / 10000. ``hidden``: transfer of the hidden
@@ -189,7 +189,8 @@ def fashion(n_train, n_test, epochs, batch_size, eta, eta_hat, eta_inv, max_eval
     base = BackpropLearner(model, lr=lr, loss="mse")        # copies the initial weights
     runs = {}
     for name, learner in (("backprop", base),
-                          ("multiplexing", DendriticLearner(model, loss="mse", eta_hat=eta_hat))):
+                          ("multiplexing", DendriticLearner(model, loss="mse", eta_hat=eta_hat,
+                                                            transient=transient))):
         out = None if out_dir is None else f"{out_dir}/{name}"
         runs[name] = train(learner, data, epochs=epochs, batch_size=batch_size, seed=0,
                            progress=out is not None, diagnostics_every=0, eval_every=1,
@@ -222,6 +223,9 @@ def main():
     p.add_argument("--fashion-eta-inv", type=float, default=0.0)
     p.add_argument("--fashion-hidden", default="tanh", help="transfer of the hidden layers")
     p.add_argument("--fashion-feedback", default="transpose", help="feedback_init")
+    p.add_argument("--fashion-transient", action="store_true",
+                   help="the transient-corrected quasi-static step (default: the plain step, "
+                        "as measured in docs/multiplexing.md)")
     p.add_argument("--fashion-max-eval", type=int, default=10000,
                    help="evaluate the train metrics on at most this many examples")
     p.add_argument("--fashion-out", default=None,
@@ -237,7 +241,7 @@ def main():
         fashion(args.fashion_train, args.fashion_test, args.fashion_epochs, args.fashion_batch,
                 args.fashion_eta, args.fashion_eta_hat, args.fashion_eta_inv,
                 args.fashion_max_eval, args.fashion_out, args.fashion_hidden,
-                args.fashion_feedback)
+                args.fashion_feedback, args.fashion_transient)
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ from dendrite_sim.learning.schedule import Schedule
 
 __all__ = ["Multiplexing"]
 
-FEEDBACK_INITS = ("inverse", "transpose", "random", "pinv")
+FEEDBACK_INITS = ("inverse", "damped", "transpose", "random", "pinv")
 
 
 class Multiplexing(NetworkModel):
@@ -87,8 +87,13 @@ class Multiplexing(NetworkModel):
     feedback_init : ``Q_i`` at the start, times ``feedback_scale``: ``"inverse"`` (default,
         ``(s_{i+1}'(0) W_{i+1})^+``, the inverse of the forward Jacobian ``J_{f_{i+1}}`` at the
         centre of ``s_{i+1}``, so that ``J_{g_i} J_{f_{i+1}} ~ I``), ``"pinv"``
-        (``W_{i+1}^+``), ``"transpose"`` (``W_{i+1}^T``) or ``"random"`` (independent
-        Gaussian).
+        (``W_{i+1}^+``), ``"damped"`` (the Tikhonov-damped inverse ``J^T (J J^T + lambda_i
+        I)^{-1}`` of ``J = s_{i+1}'(0) W_{i+1}``, ``lambda_i = feedback_damping ||J||_2^2``:
+        where the pseudo-inverse of a wide square layer amplifies its smallest singular
+        directions, the damping caps the gain at ``1 / (2 sqrt(lambda_i))``; it is what the
+        ``Q`` rule with weight decay converges to on white input, docs/multiplexing.md),
+        ``"transpose"`` (``W_{i+1}^T``) or ``"random"`` (independent Gaussian).
+    feedback_damping : ``lambda_i / ||J||_2^2`` of ``"damped"``, > 0.
     decoding : decode through short-term-plastic synapses (module docstring); needs a
         non-negative event-rate transfer and burst transfers with values in [0, 1].
     tau_depression, tau_facilitation : time constants of the basal (depressing) and apical
@@ -110,7 +115,7 @@ class Multiplexing(NetworkModel):
     def __init__(self, sizes, transfer="sigmoid", burst_transfer="identity", slope=0.1,
                  bias=True, tau_basal=1.0, tau_apical=1.0, trace_tau=1.0, eta=0.1,
                  eta_inv=0.01, weight_decay=0.0, feedback_init="inverse",
-                 feedback_scale=1.0, decoding=False, tau_depression=0.1,
+                 feedback_scale=1.0, feedback_damping=0.1, decoding=False, tau_depression=0.1,
                  tau_facilitation=0.1, eps=1e-6, phase_duration=20.0, seed=0,
                  dtype=torch.float32, device="cpu"):
         self.sizes = _check_sizes(sizes)
@@ -126,9 +131,10 @@ class Multiplexing(NetworkModel):
         if feedback_init not in FEEDBACK_INITS:
             raise ValueError(f"feedback_init must be one of {FEEDBACK_INITS}; "
                              f"got {feedback_init!r}")
+        damping = check_range("feedback_damping", feedback_damping, low=0.0, low_open=True)
         self.params = _init_params(self.sizes, bool(bias), feedback_init,
                                    check_range("feedback_scale", feedback_scale), seed, dtype,
-                                   self.device, self.transfers)
+                                   self.device, self.transfers, damping)
         self._validate()
 
     def _validate(self):
@@ -382,9 +388,20 @@ def _check_decodable(transfers, burst_transfers):
                              f"decoding=True (e.g. 'sigmoid'); got {tr.name!r}")
 
 
-def _init_params(sizes, bias, feedback_init, scale, seed, dtype, device, transfers):
+def damped_inverse(J: torch.Tensor, damping: float) -> torch.Tensor:
+    """``J^T (J J^T + lambda I)^{-1}`` with ``lambda = damping * ||J||_2^2``, by the SVD
+    ``J = U S V^T``: ``V diag(s / (s^2 + lambda)) U^T`` (each direction's gain ``s / (s^2 +
+    lambda)`` is at most ``1 / (2 sqrt(lambda))``; the pseudo-inverse's is ``1 / s``)."""
+    U, S, Vh = torch.linalg.svd(J, full_matrices=False)
+    lam = damping * float(S.max()) ** 2 if S.numel() else 0.0
+    return Vh.T @ torch.diag(S / (S ** 2 + lam)) @ U.T
+
+
+def _init_params(sizes, bias, feedback_init, scale, seed, dtype, device, transfers,
+                 damping=0.1):
     """``W_i ~ N(0, 1/n_{i-1})``, ``b_i = 0``, ``Q_i`` per ``feedback_init`` times ``scale``
-    (``"inverse"``: ``(s_{i+1}'(0) W_{i+1})^+`` with the transfers ``s_i``)."""
+    (``"inverse"``: ``(s_{i+1}'(0) W_{i+1})^+`` with the transfers ``s_i``; ``"damped"``: its
+    Tikhonov-damped version, :func:`damped_inverse`)."""
     gen = torch.Generator().manual_seed(int(seed))
     W = [torch.randn(n_out, n_in, generator=gen, dtype=torch.float64) / n_in ** 0.5
          for n_in, n_out in zip(sizes[:-1], sizes[1:])]
@@ -392,10 +409,11 @@ def _init_params(sizes, bias, feedback_init, scale, seed, dtype, device, transfe
         Q = [w.T for w in W[1:]]
     elif feedback_init == "pinv":
         Q = [torch.linalg.pinv(w) for w in W[1:]]
-    elif feedback_init == "inverse":
+    elif feedback_init in ("inverse", "damped"):
         zero = torch.zeros((), dtype=torch.float64)
-        Q = [torch.linalg.pinv(float(s.derivative(zero)) * w)
-             for s, w in zip(transfers[1:], W[1:])]
+        J = [float(s.derivative(zero)) * w for s, w in zip(transfers[1:], W[1:])]
+        Q = [torch.linalg.pinv(j) if feedback_init == "inverse" else damped_inverse(j, damping)
+             for j in J]
     else:
         Q = [torch.randn(w.shape[1], w.shape[0], generator=gen, dtype=torch.float64) /
              w.shape[0] ** 0.5 for w in W[1:]]

@@ -386,3 +386,25 @@ def test_bad_sizes_and_inputs_raise():
     with pytest.raises(ValueError, match="target"):
         ds.fixed_point(model, torch.zeros(3, 5, dtype=F64),
                        Nudge(torch.zeros(3, 3, dtype=F64), "mse", 0.1))
+
+
+def test_damped_inverse_feedback_against_its_closed_form():
+    """``feedback_init="damped"``: ``Q_i = J^T (J J^T + lambda I)^{-1}``, ``J = s'(0) W_{i+1}``,
+    ``lambda = c ||J||_2^2`` (numpy solve); every direction's gain at most ``1/(2 sqrt
+    lambda)``; ``c -> 0`` gives the pseudo-inverse (the ``"inverse"`` default)."""
+    import numpy as np
+    from dendrite_sim.models.multiplexing import damped_inverse
+    sizes = [5, 7, 7, 3]
+    m = Multiplexing(sizes, transfer=["tanh", "tanh", "sigmoid"], feedback_init="damped",
+                     feedback_damping=0.2, dtype=torch.float64, seed=4)
+    for i, (q, w) in enumerate(zip(m.params["Q"], m.params["W"][1:])):
+        J = (0.25 if i == len(sizes) - 3 else 1.0) * w.numpy()
+        lam = 0.2 * np.linalg.norm(J, 2) ** 2
+        expected = J.T @ np.linalg.solve(J @ J.T + lam * np.eye(J.shape[0]), np.eye(J.shape[0]))
+        np.testing.assert_allclose(q.numpy(), expected, rtol=1e-10, atol=1e-12)
+        assert np.linalg.norm(q.numpy(), 2) <= 1 / (2 * np.sqrt(lam)) * (1 + 1e-12)
+    J = torch.randn(6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(damped_inverse(J, 1e-14), torch.linalg.pinv(J), rtol=1e-6,
+                               atol=1e-8)
+    with pytest.raises(ValueError, match="feedback_damping"):
+        Multiplexing([4, 4, 4], feedback_init="damped", feedback_damping=0.0)
