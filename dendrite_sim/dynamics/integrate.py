@@ -89,19 +89,24 @@ class _Field(torch.nn.Module):
         self.zeros = [torch.zeros_like(p) for p in self.start]
         self.shapes = [tuple(y_shape)] + [tuple(p.shape) for p in self.start]
         self.sizes = [math.prod(shape) for shape in self.shapes]
+        # the integrated parameters' starting values as one vector: the parameters at a state
+        # are one addition and views (:meth:`_params_of`)
+        self._start_flat = torch.cat([p.reshape(-1) for p in self.start]) if self.start \
+            else None
         # with the adjoint method, autograd re-enters the field: prepare inside each call
         self._prepared = None if reprepare else model.prepare(params)
         self.nfev, self.last_t = 0, 0.0
 
     def forward(self, t, state):
-        self.nfev += 1
-        self.last_t = t
+        # plain attribute writes: Module.__setattr__ costs as much as a small tensor operation
+        object.__setattr__(self, "nfev", self.nfev + 1)
+        object.__setattr__(self, "last_t", t)
         if not self.plastic_names:
             prepared = self._prepared or self.model.prepare(self.params)
             return self.model.field(t, state, self.drive, prepared)
-        y, *displacements = self.unpack(state)
-        dy, rates = self.model.field_and_plasticity(t, y, self.drive,
-                                                    self.params_at(displacements))
+        n_y = self.sizes[0]
+        dy, rates = self.model.field_and_plasticity(t, state[:n_y].view(self.shapes[0]),
+                                                    self.drive, self._params_of(state[n_y:]))
         # a rule switched off (rate None) is integrated as zero
         return self.pack([dy] + [zero if rates[n][k] is None else rates[n][k]
                                  for (n, k), zero in zip(self.slots, self.zeros)])
@@ -129,6 +134,17 @@ class _Field(torch.nn.Module):
         out = {n: list(v) if isinstance(v, list) else v for n, v in self.params.items()}
         for (n, k), p, d in zip(self.slots, self.start, displacements):
             out[n][k] = p + d
+        return out
+
+    def _params_of(self, displacement: torch.Tensor) -> dict:
+        """:meth:`params_at` of the flat displacement of all integrated parameters (one
+        addition for all of them)."""
+        if not self.slots:
+            return self.params
+        current = torch.split(self._start_flat + displacement, self.sizes[1:])
+        out = {n: list(v) if isinstance(v, list) else v for n, v in self.params.items()}
+        for (n, k), p, shape in zip(self.slots, current, self.shapes[1:]):
+            out[n][k] = p.view(shape)
         return out
 
     def max_rms(self, flat: torch.Tensor) -> torch.Tensor:
@@ -226,7 +242,7 @@ def _integrate_segment(func, y, seg, integ, adjoint, params):
                                             **_control(integ.options))
             sol, nfev = solution.ys, solution.nfev
         else:
-            solution = rk.solve(func, state, seg, TABLEAUX[integ.backend.solver],
+            solution = rk.solve(func.forward, state, seg, TABLEAUX[integ.backend.solver],
                                 rtol=integ.rtol, atol=tol, norm=(integ.options or {}).get(
                                     "norm", norm), step_size=integ.steps_option,
                                 max_steps=integ.budget, first_step=(integ.options or {}).get(

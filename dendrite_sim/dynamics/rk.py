@@ -162,11 +162,16 @@ def rms_norm(x: torch.Tensor) -> torch.Tensor:
 
 class _Stages:
     """A tableau's coefficients as tensors of the state's dtype and device, and its stage
-    buffer: :meth:`step` evaluates one step's stages."""
+    buffer: :meth:`step` evaluates one step's stages.
 
-    def __init__(self, tableau: Tableau, like: torch.Tensor):
+    ``buffered=False`` (fixed steps: no error estimate, no dense output) keeps the stages as
+    the field's own outputs, uncopied, and forms each stage state by one fused ``add`` per
+    nonzero coefficient (:meth:`accumulate`): for the few stages of a fixed-step method that
+    moves less memory than copying every stage into the buffer and one ``addmv``."""
+
+    def __init__(self, tableau: Tableau, like: torch.Tensor, buffered: bool = True):
         s, kw = tableau.stages, dict(dtype=like.dtype, device=like.device)
-        self.tableau = tableau
+        self.tableau, self.buffered = tableau, buffered
         A = torch.zeros(s, s, **kw)
         for i, row in enumerate(tableau.a):
             A[i, :len(row)] = torch.tensor(row, **kw) if row else 0.0
@@ -188,10 +193,19 @@ class _Stages:
 
         Returns ``(y1, K, nfev)``; with ``fsal`` ``K[-1]`` is ``f(t + h, y1)``.
         """
-        tab, K = self.tableau, self.buffer(y)
+        tab = self.tableau
         nfev = 0
         if f0 is None:
             f0, nfev = func(t, y), 1
+        if not self.buffered:
+            K, y1 = [f0], y
+            for i in range(1, tab.stages):
+                y1 = self.accumulate(y, K, tab.a[i], h)
+                K.append(func(t + tab.c[i] * h, y1))
+            if not tab.fsal:
+                y1 = self.accumulate(y, K, tab.b, h)
+            return y1, K, nfev + tab.stages - 1
+        K = self.buffer(y)
         K[0].copy_(f0)
         y1 = None
         for i in range(1, tab.stages):
@@ -201,6 +215,16 @@ class _Stages:
         if not tab.fsal:
             y1 = self.combine(y, K, self.b, h)
         return y1, K, nfev
+
+    @staticmethod
+    def accumulate(y, K, weights, h: float):
+        """``y + h weights K`` over the nonzero ``weights`` (plain numbers), one fused ``add``
+        each; ``y`` itself when all are zero."""
+        out = y
+        for w, k in zip(weights, K):
+            if w:
+                out = torch.add(y, k, alpha=h * w) if out is y else out.add_(k, alpha=h * w)
+        return out
 
     @staticmethod
     def combine(y, K, weights, h):
@@ -270,7 +294,8 @@ def solve(func, y0: torch.Tensor, t, tableau: Tableau, *, rtol=1e-6, atol=1e-8, 
     """
     times = [float(v) for v in t]
     if step_size is not None:
-        return _solve_fixed(func, y0, times, _Stages(tableau, y0), float(step_size), max_steps)
+        return _solve_fixed(func, y0, times, _Stages(tableau, y0, buffered=False),
+                            float(step_size), max_steps)
     if not tableau.adaptive:
         raise ValueError(f"method {tableau.name!r} is fixed-step: give step_size > 0")
     return _solve_adaptive(func, y0, times, _Stages(tableau, y0), rtol, atol, norm or rms_norm,

@@ -304,11 +304,11 @@ class MixingNetwork(NetworkModel):
         gate = drive.gate("plastic_W", t)
         if _off(gate):
             return {"W": [None] * self.depth, "b": [None] * self.depth}
-        rates, h = {"W": [], "b": []}, flow.h
+        rates, h, per_example = {"W": [], "b": []}, flow.h, -gate / drive.batch_size
         for i, e in enumerate(errors, start=1):
-            scale = -gate * self.layer_rates[i - 1] / drive.batch_size
-            delta = self.pathways.transfers[i - 1].backprop(flow.preactivation(i), scale * e)
-            rates["W"].append(delta.T @ h[i - 1])
+            delta = self.pathways.transfers[i - 1].backprop(
+                flow.preactivation(i), e * (per_example * self.layer_rates[i - 1]))
+            rates["W"].append(torch.mm(delta.t(), h[i - 1]))
             rates["b"].append(None if flow.P["b"][i - 1] is None else delta.sum(0))
         return rates
 
@@ -321,11 +321,9 @@ class MixingNetwork(NetworkModel):
         out, h, Q = [], flow.h, flow.P["Q"]
         scale = -gate * self.eta_inv
         for i in range(1, self.depth):
-            data = self.pathways.feedback_gradient(i, h[i + 1], h[i], flow.P,
-                                                   parts=flow.feedback_parts(i))
-            rate = data * (scale / drive.batch_size)
-            out.append(rate + (scale * self.weight_decay) * Q[i - 1] if self.weight_decay
-                       else rate)
+            out.append(self.pathways.feedback_gradient(
+                i, h[i + 1], h[i], flow.P, parts=flow.feedback_parts(i),
+                scale=scale / drive.batch_size, decay=(Q[i - 1], scale * self.weight_decay)))
         return out
 
 

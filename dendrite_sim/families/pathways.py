@@ -124,8 +124,10 @@ class Pathways:
         t_i = self.backward_input(i, y, P)
         return torch.nn.functional.linear(t_i, Q), t_i
 
-    def feedback_gradient(self, i: int, y, h_i, P, parts=None):
-        """Batch-summed gradient of ``1/2 ||g_i(y) - h_i||^2`` w.r.t. ``Q_i`` (gain 1).
+    def feedback_gradient(self, i: int, y, h_i, P, parts=None, scale=1.0, decay=None):
+        """Batch-summed gradient of ``1/2 ||g_i(y) - h_i||^2`` w.r.t. ``Q_i`` (gain 1), times
+        ``scale``, plus ``c M`` for ``decay = (M, c)`` (the weight-decay term of (6.37); one
+        fused ``addmm`` where ``scale`` and ``c`` are plain numbers).
 
         Inverse form: ``(g_i(y) - h_i) t_i(y)^T`` — the data term of (6.26)/(6.37).
         Classic form: ``(D_{s_i}(Q_i y) (g_i(y) - h_i)) y^T`` (chain rule through ``s_i``).
@@ -133,8 +135,17 @@ class Pathways:
         """
         g, factor = self.feedback_parts(i, y, P) if parts is None else parts
         if self.form == "classic":
-            return self.transfers[i - 1].backprop(factor, g - h_i).T @ y
-        return (g - h_i).T @ (self.backward_input(i, y, P) if factor is None else factor)
+            left, right = self.transfers[i - 1].backprop(factor, g - h_i), y
+        else:
+            left = g - h_i
+            right = self.backward_input(i, y, P) if factor is None else factor
+        if decay is None:
+            data = torch.mm(left.t(), right)
+            return data if _is_one(scale) else data * scale
+        M, c = decay
+        if isinstance(scale, (int, float)) and isinstance(c, (int, float)):
+            return torch.addmm(M, left.t(), right, beta=c, alpha=scale)   # beta 0: M ignored
+        return torch.mm(left.t(), right) * scale + c * M
 
     def prepare(self, params, fold_bias=True):
         """Add the LU factors of each square ``W`` for exact feedback (unbatched solves only);
@@ -146,6 +157,10 @@ class Pathways:
             return params
         return {**params, "feedback_bias": [-(q @ b) for q, b in zip(params["Q"],
                                                                      params["b"][1:])]}
+
+
+def _is_one(number) -> bool:
+    return isinstance(number, (int, float)) and number == 1
 
 
 def _lu_factor(i: int, w: torch.Tensor):
