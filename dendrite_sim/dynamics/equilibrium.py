@@ -986,6 +986,7 @@ def _follow_flow(residual, attempt, start, check, tol, solver, first=2.0, linear
     horizon = solver.settle_time if solver.settle_time is not None else \
         200.0 * model.time_scale
     rtol, atol = (1e-5, 1e-7) if model.dtype == torch.float64 else (1e-4, 1e-6)
+    near, batch = max(math.sqrt(tol), 1e-3), start.shape[0]
     z, elapsed, length = start[todo], 0.0, first * model.time_scale
     polished = torch.zeros_like(todo)
     while todo.numel():
@@ -1003,12 +1004,12 @@ def _follow_flow(residual, attempt, start, check, tol, solver, first=2.0, linear
         except NumericalError:
             residual.count(steps * 6)              # an upper bound: the count is lost
             break
-        residual.count(sol.nfev)
+        residual.count(math.ceil(sol.nfev * todo.numel() / batch))   # of the whole batch
         z, elapsed, length = sol.ys[-1], elapsed + length, 2 * length
         sub, root = residual.subset(todo), attempt.y[todo]
         linear_part, F = sub.jvp(root, z - root), sub(z)
         captured = (_norm(F - linear_part) <= linear * _norm(linear_part) + 2 * tol) & \
-            (attempt.lead[todo] < 0)
+            (_norm(F) <= near) & (attempt.lead[todo] < 0)
         elsewhere = ~captured & (_norm(F) <= linear * _norm(linear_part))
         failed = ~torch.isfinite(z).all(-1) | (elsewhere & (polished >= most))
         again = (elsewhere & ~failed).nonzero().flatten()
