@@ -165,7 +165,7 @@ def test_sweep_fixes_the_equilibrium_and_saves_evaluations():
     for name, m in (("sweep", model), ("picard", picard)):     # mixing from the start
         residual = _Residual(m, drive, prepared)
         y0 = m.initial_state(drive, prepared)
-        y, F, _, _ = _anderson(residual, y0, residual(y0), 1e-10, 50, 1.0, rho=0.0)
+        y, F, _, _, _ = _anderson(residual, y0, residual(y0), 1e-10, 50, 1.0, rho=0.0)
         assert float(F.abs().max()) <= 1e-10
         nfev[name] = residual.nfev
     assert nfev["sweep"] < 0.8 * nfev["picard"], nfev
@@ -194,7 +194,7 @@ def test_anderson_plain_start_switches_to_mixing(monkeypatch):
         for rho in (0.0, 0.7):
             residual = eqm._Residual(model, drive, prepared)
             calls.clear()
-            out, F, _, _ = eqm._anderson(residual, y[0], None, 1e-10, 100, 1.0, rho=rho)
+            out, F, _, _, _ = eqm._anderson(residual, y[0], None, 1e-10, 100, 1.0, rho=rho)
             assert float(F.abs().max()) <= 1e-10, (gain, rho)
             found[rho] = out
         assert (len(calls) == 0) == fast, (gain, len(calls))     # calls of the rho=0.7 run
@@ -216,7 +216,7 @@ def test_over_relaxed_sweeps_reach_the_same_equilibrium_sooner(mu, seed):
     for omega in (1.0, 1.15):
         model.relaxation_factor = omega
         y0 = model.initial_state(drive, prepared)
-        y, F, iterations, _ = _anderson(_Residual(model, drive, prepared), y0, None, 1e-10, 100,
+        y, F, iterations, _, _ = _anderson(_Residual(model, drive, prepared), y0, None, 1e-10, 100,
                                      1.0)
         assert float(F.abs().max()) <= 1e-10, (omega, iterations)
         found[omega] = (y, iterations)

@@ -380,12 +380,21 @@ def _anderson(residual, y, F, tol, max_iter, step, memory=5, patience=5, rho=0.7
     the change of the feedback input, about ``mu`` times the map residual, where ``tau F(y)``
     carries the forward change as well and can exceed the map residual (measured: examples
     stopped at ``max |r| <= tol`` with ``max |F| = 1.2 tol``, sent on to Newton–Krylov at ~15x
-    the cost of the solve). Returns ``(y, F, iterations, contracted)``.
+    the cost of the solve). ``approached`` (a superset of ``contracted``): the examples that
+    the plain map took to ``max |r| / step <= near`` (:func:`_capture_level`) before they
+    mixed, or all the way: from there the mixing, a local solve, converges to the root of
+    the neighbourhood that the map (and, for the mixing models' sweep, the flow) reached
+    (:func:`_follow_flow` is not needed; measured: 1 of 256 examples of the benchmark's
+    network, which mixed at ``7.7e-7`` where float32 rounding broke the map's contraction,
+    cost 18 ms to follow, 70 % of the solve). Returns ``(y, F, iterations, contracted,
+    approached)``.
     """
     y, F, touched = _start(y, F, tol)
     contracted = torch.zeros(y.shape[0], dtype=torch.bool, device=y.device)
+    approached = contracted.clone()
     if touched.numel() == 0:
-        return y, F, 0, contracted
+        return y, F, 0, contracted, approached
+    near = _capture_level(tol)
     image = not residual.picard                      # return G(y_best), not y_best
     omega = residual.omega
     sub = residual if touched.numel() == y.shape[0] else residual.subset(touched)
@@ -399,16 +408,18 @@ def _anderson(residual, y, F, tol, max_iter, step, memory=5, patience=5, rho=0.7
     recorded, keep = 0, best > limit
     restarts = torch.zeros_like(touched)
     mixing = torch.zeros_like(keep)                 # per example: plain map, then mixing
+    late = torch.zeros_like(keep)                   # started mixing at res <= near
     while iterations < max_iter and not residual.spent:
         active = int(keep.sum())
         if active == 0:
             break
         if 2 * active <= idx.numel():                       # compact to the live examples
             y[idx], F[idx] = y_best, f_best / step
-            contracted[idx] = ~mixing
+            contracted[idx], approached[idx] = ~mixing, ~mixing | late
             idx, ya, ga, fa, res, previous, best, since_best, y_best, f_best, restarts, \
-                mixing = (v[keep] for v in (idx, ya, ga, fa, res, previous, best, since_best,
-                                            y_best, f_best, restarts, mixing))
+                mixing, late = (v[keep] for v in (idx, ya, ga, fa, res, previous, best,
+                                                  since_best, y_best, f_best, restarts,
+                                                  mixing, late))
             sub = residual.subset(idx)
             if d_f is not None:
                 d_f, d_g = d_f[keep], d_g[keep]
@@ -431,7 +442,8 @@ def _anderson(residual, y, F, tol, max_iter, step, memory=5, patience=5, rho=0.7
         ya, ga, fa, earlier, previous, iterations = new, gn, fn, previous, res, iterations + 1
         res = _rate_norm(fn, step)
         if iterations % 2 == 0:
-            mixing = mixing | (keep & ~(res <= rho * rho * earlier))
+            starts = keep & ~mixing & ~(res <= rho * rho * earlier)
+            late, mixing = late | (starts & (res <= near)), mixing | starts
         if d_f is None and bool(mixing.any()):
             d_f = fn.new_empty(fn.shape[0], memory, fn.shape[-1])  # only filled slots are read
             d_g = torch.empty_like(d_f)
@@ -453,11 +465,19 @@ def _anderson(residual, y, F, tol, max_iter, step, memory=5, patience=5, rho=0.7
                 keep = keep & (restarts <= max_restarts)
         keep = keep & (res > limit)                          # NaN stops at once
     y[idx], F[idx] = y_best, f_best / step
-    contracted[idx] = ~mixing
+    contracted[idx], approached[idx] = ~mixing, ~mixing | late
     if image:                                             # the map residual is not F
         F[touched] = touched_residual(y[touched])
-    contracted[touched] &= _norm(F[touched]) <= tol
-    return y, F, iterations, contracted
+    converged = _norm(F[touched]) <= tol
+    contracted[touched] &= converged
+    approached[touched] &= converged
+    return y, F, iterations, contracted, approached
+
+
+def _capture_level(tol):
+    """``max(sqrt(tol), 1e-3)``: a residual ``max |F|`` at which a state is taken to be in
+    the neighbourhood of the equilibrium it approaches (:func:`_follow_flow`)."""
+    return max(math.sqrt(tol), 1e-3)
 
 
 def _mixing_coefficients(d_f, f):
@@ -719,11 +739,13 @@ def _solve(residual, y, F, tol, max_iter, plan, step, dt0):
     (not yet evaluated) is evaluated first unless the first solver is Anderson on a relaxation
     map other than Picard's (which finds the converged examples by itself, and evaluates ``F``).
 
-    Returns ``(y, F, iterations, names of the solvers that ran, contracted)``, the last the
+    Returns ``(y, F, iterations, names of the solvers that ran, contracted, approached)``,
+    the last two the
     (B,) examples that Anderson's plain map took to ``tol`` on its own (see :func:`_anderson`).
     """
     iterations, ran = 0, []
     contracted = torch.zeros(y.shape[0], dtype=torch.bool, device=y.device)
+    approached = contracted.clone()
     for name in plan:
         if F is None and (name != "anderson" or residual.picard):
             F = residual(y)
@@ -732,15 +754,16 @@ def _solve(residual, y, F, tol, max_iter, plan, step, dt0):
         if residual.spent:
             break
         if name == "anderson":
-            y, F, more, plain = _anderson(residual, y, F, tol, max_iter, step)
+            y, F, more, plain, near = _anderson(residual, y, F, tol, max_iter, step)
             contracted = contracted | plain           # a second attempt keeps the first's
+            approached = approached | near
         elif name == "ptc":
             y, F, more = _ptc(residual, y, F, tol, max_iter, dt0)
         else:
             y, F, more = _newton(residual, y, F, tol, max_iter, dense=name == "newton")
         iterations, ran = iterations + more, ran + [name] * (name not in ran)
     F = residual(y) if F is None else F
-    return y, F, iterations, ran, contracted
+    return y, F, iterations, ran, contracted, approached
 
 
 def _as_gates(gates):
@@ -831,15 +854,16 @@ def solve_equilibrium(model: NetworkModel, drive: Drive, y: torch.Tensor, params
     dense = model.state_size <= solver.dense
     start = y
     with torch.no_grad():
-        y, F, iterations, ran, contracted = _solve(residual, y, None, tol, solver.max_iter,
+        y, F, iterations, ran, contracted, approached = _solve(residual, y, None, tol,
+                                                               solver.max_iter,
                                                    plan, step, model.time_scale)
         res = _norm(F)
         lead = _stability(residual, y, res <= tol, contracted, dense, solver.arnoldi_steps)
         attempt = _Attempt(y, res, lead, contracted)
         pending = attempt.pending(tol, solver.basin)
         if solver.basin == "reached" and not dense and plan:
-            start, left = _follow_flow(residual, attempt, start, ~pending & ~contracted, tol,
-                                       solver)
+            start, left = _follow_flow(residual, attempt, start, ~pending & ~approached,
+                                       tol, solver)
             for b in left.nonzero().flatten().tolist():    # until the fallback decides
                 attempt.why[b] = "budget" if residual.spent else "stalled"
             pending = pending | left
@@ -986,7 +1010,7 @@ def _follow_flow(residual, attempt, start, check, tol, solver, first=2.0, linear
     horizon = solver.settle_time if solver.settle_time is not None else \
         200.0 * model.time_scale
     rtol, atol = (1e-5, 1e-7) if model.dtype == torch.float64 else (1e-4, 1e-6)
-    near, batch = max(math.sqrt(tol), 1e-3), start.shape[0]
+    near, batch = _capture_level(tol), start.shape[0]
     z, elapsed, length = start[todo], 0.0, first * model.time_scale
     polished = torch.zeros_like(todo)
     while todo.numel():
@@ -1033,7 +1057,7 @@ def _repolish(sub, attempt, rows, z, F, tol, solver):
     (``F = F(z)``) with the solvers of ``solver.plan``, with their stability; where a root
     is found it replaces ``attempt``'s. Returns the (b,) examples where one was found."""
     model = sub.model
-    y, Fy, _, _, contracted = _solve(sub, z, F, tol, solver.max_iter,
+    y, Fy, _, _, contracted, _ = _solve(sub, z, F, tol, solver.max_iter,
                                      solver.plan(model.state_size),
                                      model.column_time_constants(), model.time_scale)
     res = _norm(Fy)
@@ -1130,7 +1154,7 @@ def _polish(sub, attempt, rows, ends, F_end, tol, solver, polish, step, dense, r
     accepted (see :func:`_settle_and_polish`), or an unconverged state improves on an
     unconverged one, it replaces ``attempt``'s. Returns ``(accepted (b,), iterations, names
     of the solvers that ran)``."""
-    ya, Fa, iterations, ran, contracted = _solve(sub, ends, F_end, tol, solver.max_iter,
+    ya, Fa, iterations, ran, contracted, _ = _solve(sub, ends, F_end, tol, solver.max_iter,
                                                  polish, step, sub.model.time_scale)
     res = _norm(Fa)
     lead = _stability(sub, ya, res <= tol, contracted, dense, solver.arnoldi_steps)
