@@ -90,9 +90,10 @@ class _Field(torch.nn.Module):
         self.shapes = [tuple(y_shape)] + [tuple(p.shape) for p in self.start]
         self.sizes = [math.prod(shape) for shape in self.shapes]
         # the integrated parameters' starting values as one vector: the parameters at a state
-        # are one addition and views (:meth:`_params_of`)
+        # are one addition into views (:meth:`_params_of`)
         self._start_flat = torch.cat([p.reshape(-1) for p in self.start]) if self.start \
             else None
+        self._current = None      # (flat buffer, parameters viewing it), made on first use
         # with the adjoint method, autograd re-enters the field: prepare inside each call
         self._prepared = None if reprepare else model.prepare(params)
         self.nfev, self.last_t = 0, 0.0
@@ -137,13 +138,26 @@ class _Field(torch.nn.Module):
         return out
 
     def _params_of(self, displacement: torch.Tensor) -> dict:
-        """:meth:`params_at` of the flat displacement of all integrated parameters (one
-        addition for all of them)."""
+        """:meth:`params_at` of the flat displacement of all integrated parameters: one
+        addition for all of them. Where autograd records nothing it is written into one
+        buffer that the returned parameters view (the same dict at every call: valid until
+        the next one); else into a new tensor."""
         if not self.slots:
             return self.params
-        current = torch.split(self._start_flat + displacement, self.sizes[1:])
+        if torch.is_grad_enabled() and (displacement.requires_grad
+                                        or self._start_flat.requires_grad):
+            return self._viewing(self._start_flat + displacement)
+        if self._current is None:
+            flat = torch.empty_like(self._start_flat)
+            self._current = (flat, self._viewing(flat))
+        torch.add(self._start_flat, displacement, out=self._current[0])
+        return self._current[1]
+
+    def _viewing(self, flat: torch.Tensor) -> dict:
+        """The parameters with the integrated ones replaced by views of ``flat``."""
         out = {n: list(v) if isinstance(v, list) else v for n, v in self.params.items()}
-        for (n, k), p, shape in zip(self.slots, current, self.shapes[1:]):
+        for (n, k), p, shape in zip(self.slots, torch.split(flat, self.sizes[1:]),
+                                    self.shapes[1:]):
             out[n][k] = p.view(shape)
         return out
 
