@@ -117,16 +117,19 @@ def test_reached_equilibrium_randomized_family():
 
 def test_leaky_relu_costs_evaluations_like_tanh():
     """(c) The issue's case, float32: leaky ReLU at mu 0.1 needs at most 3x the vector-field
-    evaluations of tanh at mu 0.2 (measured 19 vs 12 for the solve, plus the stability check
-    on both; before Anderson restarted its history at the kinks: 2300 vs 10 on the benchmark's
-    network, Newton-Krylov and integration fallbacks)."""
+    evaluations of tanh at mu 0.2 to solve (basin "any", the training engine's setting:
+    measured 27 vs 22 with the stability check on both; before Anderson restarted its history
+    at the kinks: 2300 vs 10 on the benchmark's network, Newton-Krylov and integration
+    fallbacks). The default basin "reached" adds the basin check of the examples that mixed
+    far from the root (measured 158 vs 54: all 128 leaky-ReLU examples followed, 30 tanh)."""
     counts = {}
     for transfer, mu in (("tanh", 0.2), ("leaky_relu", 0.1)):
         model = Mixture([64] * 6, mu=mu, feedback="learned", transfer=transfer, slope=0.2)
         gen = torch.Generator().manual_seed(1)
         x = 0.5 * torch.randn(128, 64, generator=gen)
         target = 0.6 * torch.rand(128, 64, generator=gen) - 0.3
-        eq = ds.fixed_point(model, x, target)
+        eq = ds.fixed_point(model, x, target, basin="any")
         assert eq.all_converged and not eq.used_fallback and eq.method == "anderson"
+        assert eq.report == "all 128 examples stable"
         counts[transfer] = eq.nfev
     assert counts["leaky_relu"] <= 3 * counts["tanh"], counts
