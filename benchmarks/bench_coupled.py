@@ -14,7 +14,8 @@ extrapolated to the epoch. Prints seconds per epoch and the ratio. About a minut
     OMP_NUM_THREADS=1 python benchmarks/bench_coupled.py
     OMP_NUM_THREADS=1 python benchmarks/bench_coupled.py --coupled dopri5 midpoint:1
 
-No ``torch.set_num_threads`` here (SPEC §5b): pin threads with ``OMP_NUM_THREADS``.
+No ``torch.set_num_threads`` here (2 or more threads misbehave on some platforms): pin
+threads with ``OMP_NUM_THREADS``.
 """
 from __future__ import annotations
 

@@ -1,10 +1,11 @@
 """A lean batched explicit Runge-Kutta integrator (docs/integration.md).
 
-What a step costs besides the vector field is a handful of tensor operations: the stages are
-kept in one buffer ``K`` of shape ``(s, *y.shape)`` (reused between steps when no gradient is
-recorded), every stage state is one ``addmv`` ``y + h A[i, :i] K[:i]``, the error estimate one
-``mv`` with ``b - b_hat``, and the step is accepted or rejected on one number read back (the
-error ratio). Output times inside a step are filled by the method's dense output, one
+What a step costs besides the vector field is a handful of tensor operations: the stages of
+an adaptive step are kept in one buffer ``K`` of shape ``(s, *y.shape)`` (reused between steps
+when no gradient is recorded), every stage state is one ``addmv`` ``y + h A[i, :i] K[:i]``, the
+error estimate one ``mv`` with ``b - b_hat``, and the step is accepted or rejected on one
+number read back (the error ratio); fixed steps keep the field's outputs uncopied and form
+each stage state by one fused ``add`` per nonzero coefficient. Output times inside a step are filled by the method's dense output, one
 ``addmm`` for all of them (no interpolation work in steps without output times); the final
 time is hit exactly.
 
