@@ -5,9 +5,9 @@ an adaptive step are kept in one buffer ``K`` of shape ``(s, *y.shape)`` (reused
 when no gradient is recorded), every stage state is one ``addmv`` ``y + h A[i, :i] K[:i]``, the
 error estimate one ``mv`` with ``b - b_hat``, and the step is accepted or rejected on one
 number read back (the error ratio); fixed steps keep the field's outputs uncopied and form
-each stage state by one fused ``add`` per nonzero coefficient. Output times inside a step are filled by the method's dense output, one
-``addmm`` for all of them (no interpolation work in steps without output times); the final
-time is hit exactly.
+each stage state by one fused ``add`` per nonzero coefficient. Output times inside a step are
+filled by the method's dense output, one ``addmm`` for all of them (no interpolation work in
+steps without output times); the final time is hit exactly.
 
 Step control follows torchdiffeq (``rk_common.py``) so tolerances mean the same: the error
 ratio is ``norm(err / (atol + rtol max(|y0|, |y1|)))`` with the root-mean-square norm by
