@@ -353,7 +353,7 @@ def _start(y, F, tol):
 
 
 def _anderson(residual, y, F, tol, max_iter, step, memory=5, patience=5, rho=0.7,
-              max_restarts=10):
+              max_restarts=10, defer=0.25):
     """Anderson acceleration (type II) of the model's relaxation map ``G`` on the examples
     above ``tol`` (:meth:`~dendrite_sim.dynamics.model.NetworkModel.relaxation`: by default the Picard
     map ``y + step F(y)``; the mixing models sweep their layers, nonlinear Gauss-Seidel).
@@ -394,7 +394,12 @@ def _anderson(residual, y, F, tol, max_iter, step, memory=5, patience=5, rho=0.7
     the neighbourhood that the map (and, for the mixing models' sweep, the flow) reached
     (:func:`_follow_flow` is not needed; measured: 1 of 256 examples of the benchmark's
     network, which mixed at ``7.7e-7`` where float32 rounding broke the map's contraction,
-    cost 18 ms to follow, 70 % of the solve). Returns ``(y, F, iterations, contracted,
+    cost 18 ms to follow, 70 % of the solve). Examples that start mixing while the history
+    is not yet kept, at most a fraction ``defer`` of the live ones, are set aside (frozen at
+    their best iterate) and solved afterwards as a batch of their own, mixing from its first
+    pair: one example that mixes no longer puts the whole batch on the slow path of history
+    writes and restarts (measured on the benchmark's network, N = 320, float32, batch 256:
+    one mixing example cost 7 of 18 ms). Returns ``(y, F, iterations, contracted,
     approached)``.
     """
     y, F, touched = _start(y, F, tol)
@@ -402,7 +407,7 @@ def _anderson(residual, y, F, tol, max_iter, step, memory=5, patience=5, rho=0.7
     approached = contracted.clone()
     if touched.numel() == 0:
         return y, F, 0, contracted, approached
-    near = _capture_level(tol)
+    near, set_aside = _capture_level(tol), []      # set aside: (row, late)
     image = not residual.picard                      # return G(y_best), not y_best
     omega = residual.omega
     sub = residual if touched.numel() == y.shape[0] else residual.subset(touched)
@@ -417,17 +422,19 @@ def _anderson(residual, y, F, tol, max_iter, step, memory=5, patience=5, rho=0.7
     restarts = torch.zeros_like(touched)
     mixing = torch.zeros_like(keep)                 # per example: plain map, then mixing
     late = torch.zeros_like(keep)                   # started mixing at res <= near
+    aside = torch.zeros_like(keep)                  # deferred to a batch of their own
     while iterations < max_iter and not residual.spent:
         active = int(keep.sum())
         if active == 0:
             break
         if 2 * active <= idx.numel():                       # compact to the live examples
             y[idx], F[idx] = y_best, f_best / step
-            contracted[idx], approached[idx] = ~mixing, ~mixing | late
+            contracted[idx], approached[idx] = ~mixing & ~aside, ~mixing & ~aside | late
+            set_aside += [(b, v) for b, v in zip(idx[aside].tolist(), late[aside].tolist())]
             idx, ya, ga, fa, res, previous, best, since_best, y_best, f_best, restarts, \
-                mixing, late = (v[keep] for v in (idx, ya, ga, fa, res, previous, best,
-                                                  since_best, y_best, f_best, restarts,
-                                                  mixing, late))
+                mixing, late, aside = (v[keep] for v in (idx, ya, ga, fa, res, previous, best,
+                                                         since_best, y_best, f_best, restarts,
+                                                         mixing, late, aside))
             sub = residual.subset(idx)
             if d_f is not None:
                 d_f, d_g = d_f[keep], d_g[keep]
@@ -451,11 +458,15 @@ def _anderson(residual, y, F, tol, max_iter, step, memory=5, patience=5, rho=0.7
         res = _rate_norm(fn, step)
         if iterations % 2 == 0:
             starts = keep & ~mixing & ~(res <= rho * rho * earlier)
-            late, mixing = late | (starts & (res <= near)), mixing | starts
+            late = late | (starts & (res <= near))
+            if d_f is None and defer * int(keep.sum()) >= int(starts.sum()):
+                aside, keep = aside | starts, keep & ~starts
+            else:
+                mixing = mixing | starts
         if d_f is None and bool(mixing.any()):
             d_f = fn.new_empty(fn.shape[0], memory, fn.shape[-1])  # only filled slots are read
             d_g = torch.empty_like(d_f)
-        if d_f is None and not finished:  # every example shrinks by rho: each one's best
+        if d_f is None and not finished and not bool(aside.any()):  # each one's best
             best, y_best, f_best = res, gn if image else ya, fa
             keep = res > limit
             continue
@@ -473,9 +484,17 @@ def _anderson(residual, y, F, tol, max_iter, step, memory=5, patience=5, rho=0.7
                 keep = keep & (restarts <= max_restarts)
         keep = keep & (res > limit)                          # NaN stops at once
     y[idx], F[idx] = y_best, f_best / step
-    contracted[idx], approached[idx] = ~mixing, ~mixing | late
+    contracted[idx], approached[idx] = ~mixing & ~aside, ~mixing & ~aside | late
+    set_aside += [(b, v) for b, v in zip(idx[aside].tolist(), late[aside].tolist())]
     if image:                                             # the map residual is not F
         F[touched] = touched_residual(y[touched])
+    if set_aside and iterations < max_iter and not residual.spent:
+        rows = torch.tensor([b for b, _ in set_aside], device=y.device)
+        y[rows], F[rows], more, _, _ = _anderson(residual.subset(rows), y[rows], None, tol,
+                                                 max_iter - iterations, step, memory,
+                                                 patience, 0.0, max_restarts, defer=0.0)
+        iterations += more
+        approached[rows] = torch.tensor([v for _, v in set_aside], device=y.device)
     converged = _norm(F[touched]) <= tol
     contracted[touched] &= converged
     approached[touched] &= converged
