@@ -37,7 +37,7 @@ from dendrite_sim.dynamics.teaching import Nudge, loss_gradient
 from dendrite_sim.frontend.data import load_dataset
 from dendrite_sim.learning import BackpropLearner, DendriticLearner, present, train
 from dendrite_sim.models import TwoPhaseDTP
-from dendrite_sim.models.multiplexing import Multiplexing
+from dendrite_sim.models.multiplexing import Multiplexing, damped_inverse
 
 F64 = torch.float64
 
@@ -91,7 +91,7 @@ def _depth_models(sizes, mu):
                        seed=0)
     for model in (mux, old):
         model.params["W"] = [w.clone() for w in two.W]
-    mux.params["Q"] = [torch.linalg.pinv(0.25 * w) for w in two.W[1:]]   # s'(0) = 1/4
+    mux.params["Q"] = [damped_inverse(0.25 * w, 0.1) for w in two.W[1:]]   # s'(0) = 1/4
     old.params["Q"] = [w.T.clone() for w in two.W[1:]]
     return two, mux, old
 
@@ -172,7 +172,7 @@ def _epoch_table(h_mx, h_bp):
 
 
 def fashion(n_train, n_test, epochs, batch_size, eta, eta_hat, eta_inv, max_eval, out_dir,
-            hidden="tanh", feedback_init="transpose", transient=False):
+            hidden="tanh", feedback_init="damped", transient=False):
     """Fashion-MNIST 784-256-256-256-10, quasi-static, float32, against backprop at the
     equivalent SGD step ``T_learn * eta * eta_hat`` (same initial weights and batches).
     ``n_train`` / ``n_test`` 0: the full 60000 / 10000. ``hidden``: transfer of the hidden
@@ -222,7 +222,7 @@ def main():
     p.add_argument("--fashion-eta-hat", type=float, default=0.5)
     p.add_argument("--fashion-eta-inv", type=float, default=0.0)
     p.add_argument("--fashion-hidden", default="tanh", help="transfer of the hidden layers")
-    p.add_argument("--fashion-feedback", default="transpose", help="feedback_init")
+    p.add_argument("--fashion-feedback", default="damped", help="feedback_init")
     p.add_argument("--fashion-transient", action="store_true",
                    help="the transient-corrected quasi-static step (default: the plain step, "
                         "as measured in docs/multiplexing.md)")

@@ -84,15 +84,15 @@ class Multiplexing(NetworkModel):
     trace_tau : ``T_z`` of the trace of the free-phase burst probability, > 0.
     eta : rate of (6.58), scalar or one per layer, >= 0.
     eta_inv, weight_decay : rate and ``lambda`` of the ``Q`` rule, >= 0.
-    feedback_init : ``Q_i`` at the start, times ``feedback_scale``: ``"inverse"`` (default,
-        ``(s_{i+1}'(0) W_{i+1})^+``, the inverse of the forward Jacobian ``J_{f_{i+1}}`` at the
-        centre of ``s_{i+1}``, so that ``J_{g_i} J_{f_{i+1}} ~ I``), ``"pinv"``
-        (``W_{i+1}^+``), ``"damped"`` (the Tikhonov-damped inverse ``J^T (J J^T + lambda_i
-        I)^{-1}`` of ``J = s_{i+1}'(0) W_{i+1}``, ``lambda_i = feedback_damping ||J||_2^2``:
-        where the pseudo-inverse of a wide square layer amplifies its smallest singular
-        directions, the damping caps the gain at ``1 / (2 sqrt(lambda_i))``; it is what the
-        ``Q`` rule with weight decay converges to on white input, docs/multiplexing.md),
-        ``"transpose"`` (``W_{i+1}^T``) or ``"random"`` (independent Gaussian).
+    feedback_init : ``Q_i`` at the start, times ``feedback_scale``, with ``J = s_{i+1}'(0)
+        W_{i+1}`` the forward Jacobian at the centre of ``s_{i+1}``: ``"damped"`` (default,
+        the Tikhonov-damped inverse ``J^T (J J^T + lambda_i I)^{-1}``, ``lambda_i =
+        feedback_damping ||J||_2^2``: ``J_{g_i} J_{f_{i+1}} ~ I`` along the strong directions
+        of ``J``, while the gain along the weak ones is capped at ``1 / (2 sqrt(lambda_i))``),
+        ``"inverse"`` (``J^+``, whose gain ``1 / s_min`` makes the learning signal of wide
+        square layers explode toward the input: docs/multiplexing.md), ``"pinv"``
+        (``W_{i+1}^+``), ``"transpose"`` (``W_{i+1}^T``) or ``"random"`` (independent
+        Gaussian).
     feedback_damping : ``lambda_i / ||J||_2^2`` of ``"damped"``, > 0.
     decoding : decode through short-term-plastic synapses (module docstring); needs a
         non-negative event-rate transfer and burst transfers with values in [0, 1].
@@ -114,7 +114,7 @@ class Multiplexing(NetworkModel):
 
     def __init__(self, sizes, transfer="sigmoid", burst_transfer="identity", slope=0.1,
                  bias=True, tau_basal=1.0, tau_apical=1.0, trace_tau=1.0, eta=0.1,
-                 eta_inv=0.01, weight_decay=0.0, feedback_init="inverse",
+                 eta_inv=0.01, weight_decay=0.0, feedback_init="damped",
                  feedback_scale=1.0, feedback_damping=0.1, decoding=False, tau_depression=0.1,
                  tau_facilitation=0.1, eps=1e-6, phase_duration=20.0, seed=0,
                  dtype=torch.float32, device="cpu"):
