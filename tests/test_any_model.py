@@ -189,10 +189,13 @@ def test_verbs_never_modify_the_state_they_are_given():
 
 def test_two_phase_fixed_point_cost_does_not_grow_with_a_fast_trace():
     """``TwoPhaseDTP([64, 64, 10], trace_tau=0.1)``: at most twice the evaluations of
-    ``trace_tau=1`` (the relaxation steps the trace by its own time constant)."""
+    ``trace_tau=1`` (the relaxation steps the trace by its own time constant). The solve
+    alone (``basin="any"``, as in training): the default's basin check follows the flow of
+    the examples Anderson accelerated, which the fast trace makes stiff (docs/report.md)."""
     from dendrite_sim.models import TwoPhaseDTP
     x = torch.randn(32, 64, generator=torch.Generator().manual_seed(0))
-    cost = {tt: fixed_point(TwoPhaseDTP([64, 64, 10], trace_tau=tt), x, method="anderson").nfev
+    cost = {tt: fixed_point(TwoPhaseDTP([64, 64, 10], trace_tau=tt), x, method="anderson",
+                            basin="any").nfev
             for tt in (1.0, 0.1)}
     assert cost[0.1] <= 2 * cost[1.0], cost
 

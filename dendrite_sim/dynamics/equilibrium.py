@@ -1040,6 +1040,11 @@ def _follow_flow(residual, attempt, start, check, tol, solver, first=2.0, linear
     near, batch = _capture_level(tol), start.shape[0]
     z, elapsed, length = start[todo], 0.0, first * model.time_scale
     polished = torch.zeros_like(todo)
+    # a start already captured by its root needs no integration (e.g. a warm start)
+    sub, root = residual.subset(todo), attempt.y[todo]
+    linear_part, F = sub.jvp(root, z - root), sub(z)
+    keep = ~_captured(F, linear_part, attempt.lead[todo], linear, tol, near)
+    todo, z, polished = todo[keep], z[keep], polished[keep]
     while todo.numel():
         steps = int(min(solver.settle_steps, residual.tally.evals_left() / 6))
         if elapsed >= horizon or steps < 1 or residual.spent:
@@ -1059,8 +1064,7 @@ def _follow_flow(residual, attempt, start, check, tol, solver, first=2.0, linear
         z, elapsed, length = sol.ys[-1], elapsed + length, 2 * length
         sub, root = residual.subset(todo), attempt.y[todo]
         linear_part, F = sub.jvp(root, z - root), sub(z)
-        captured = (_norm(F - linear_part) <= linear * _norm(linear_part) + 2 * tol) & \
-            (_norm(F) <= near) & (attempt.lead[todo] < 0)
+        captured = _captured(F, linear_part, attempt.lead[todo], linear, tol, near)
         elsewhere = ~captured & (_norm(F) <= linear * _norm(linear_part))
         failed = ~torch.isfinite(z).all(-1) | (elsewhere & (polished >= most))
         again = (elsewhere & ~failed).nonzero().flatten()
@@ -1077,6 +1081,14 @@ def _follow_flow(residual, attempt, start, check, tol, solver, first=2.0, linear
     left[todo] = True                               # not captured within the horizon
     start[todo] = z
     return start, left
+
+
+def _captured(F, linear_part, lead, linear, tol, near):
+    """(b,) bool: the points whose field ``F`` is the linearisation ``linear_part = J(y*) (z -
+    y*)`` at a stable root to ``linear`` (plus the root's own residual ``2 tol``), with ``|F|
+    <= near``: the flow from there goes to the root (:func:`_follow_flow`)."""
+    return (_norm(F - linear_part) <= linear * _norm(linear_part) + 2 * tol) & \
+        (_norm(F) <= near) & (lead < 0)
 
 
 def _repolish(sub, attempt, rows, z, F, tol, solver):
