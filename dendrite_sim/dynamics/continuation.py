@@ -21,7 +21,6 @@ The next value starts from the example's last converged equilibrium.
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from typing import Callable
 
@@ -155,15 +154,8 @@ def _setter(model: NetworkModel, parameter) -> tuple[Callable, str]:
 
 
 def scalar_hyperparameters(model: NetworkModel) -> list[str]:
-    """The names a sweep can change by name: the model's public real-valued attributes and
-    settable properties (the seed aside: it only draws the initial weights)."""
-    settable = [name for name in dir(type(model))
-                if isinstance(getattr(type(model), name), property)
-                and getattr(type(model), name).fset is not None]
-    names = [*vars(model), *settable]
-    return sorted(name for name in set(names) if not name.startswith("_") and name != "seed"
-                  and isinstance(getattr(model, name), numbers.Real)
-                  and not isinstance(getattr(model, name), bool))
+    """The names a sweep can change by name (:meth:`NetworkModel.hyperparameters`)."""
+    return model.hyperparameters()
 
 
 def check_sweep(model: NetworkModel, parameter, values) -> tuple[Callable, str, np.ndarray]:

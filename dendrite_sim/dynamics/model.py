@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -383,6 +384,19 @@ class NetworkModel:
         if y.shape[0] != batch:
             raise ValueError(f"state must have the batch size of x ({batch}); got {y.shape[0]}")
         return y.clone()
+
+    def hyperparameters(self) -> list[str]:
+        """The scalar hyper-parameters :meth:`replace` can change, by name (what
+        ``continuation`` and ``analyze --sweep`` accept): by default the public real-valued
+        attributes and settable properties, the seed aside (it only draws the initial
+        weights). A model may narrow or widen the list."""
+        cls = type(self)
+        settable = [name for name in dir(cls)
+                    if isinstance(getattr(cls, name), property) and getattr(cls, name).fset]
+        values = {name: getattr(self, name) for name in {*vars(self), *settable}
+                  if not name.startswith("_") and name != "seed"}
+        return sorted(name for name, value in values.items()
+                      if isinstance(value, numbers.Real) and not isinstance(value, bool))
 
     def replace(self, **changes) -> "NetworkModel":
         """A copy sharing the parameter tensors, with attributes in ``changes`` replaced."""
