@@ -29,7 +29,7 @@ import torch
 
 import bench_training as bt
 from dendrite_sim.data import load_digits
-from dendrite_sim.equilibrium import _anderson, _Residual
+from dendrite_sim.dynamics.equilibrium import _anderson, _Residual
 from dendrite_sim.learning import Frozen
 from dendrite_sim.model import NetworkModel
 from dendrite_sim.teaching import Nudge
@@ -76,7 +76,7 @@ def solve(view, x, target, gates, tol, rho):
     y0 = view.initial_state(drive, prepared)
     with torch.no_grad():
         F0 = residual(y0) if view.picard_relaxation else None
-        _, F, iterations = _anderson(residual, y0, F0, tol, 200, 1.0, rho=rho)
+        _, F, iterations, _, _ = _anderson(residual, y0, F0, tol, 200, 1.0, rho=rho)
     return iterations, residual.nfev, float(F.abs().max())
 
 
