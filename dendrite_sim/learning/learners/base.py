@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from dendrite_sim.errors import NumericalError, all_finite
+from dendrite_sim.errors import NumericalError
 from dendrite_sim.dynamics.teaching import loss_value
 
 
@@ -93,13 +93,12 @@ def growth_hint(norms: dict, start: dict) -> str:
 def _check_update(new: dict, current: dict, start: dict, runaway: float):
     """Refuse an update (``current`` -> ``new``) that leaves a parameter non-finite, or whose
     norm ran away (``runaway`` times its value in ``start``, when training began)."""
-    for name, values in new.items():
-        for i, p in enumerate(values, start=1):
-            if p is not None and not all_finite(p):
-                raise NumericalError(f"training diverged: {name}_{i} is not finite after this "
-                                     "update (not applied); likely cause: "
-                                     f"{growth_hint(parameter_norms(current), start)}")
-    norms = parameter_norms(new)
+    norms = parameter_norms(new)          # in float64: not finite iff an entry is not
+    bad = next((k for k, v in norms.items() if not math.isfinite(v)), None)
+    if bad is not None:
+        raise NumericalError(f"training diverged: {bad} is not finite after this update (not "
+                             f"applied); likely cause: "
+                             f"{growth_hint(parameter_norms(current), start)}")
     worst, growth = _largest_growth(norms, start)
     if growth > runaway:
         current_norms = parameter_norms(current)
@@ -138,6 +137,8 @@ class Learner:
     dynamic = False
     #: a presentation whose equilibria did not converge: "stop", "skip" or "continue"
     on_unconverged = "continue"
+    #: parameter norms at the first step (:meth:`step`), the reference of ``runaway``
+    start_norms = None
     #: growth of a parameter's norm (over max(1, its norm at the first step)) that stops
     #: training as a run-away; ``math.inf`` to study divergence itself
     runaway = RUNAWAY
@@ -174,7 +175,7 @@ class Learner:
         ``NumericalError`` (the learning rates are too large for this network and data).
         """
         old = _forward_params(self.params, self.forward_names)
-        if getattr(self, "start_norms", None) is None:
+        if self.start_norms is None:
             self.start_norms = parameter_norms(self.params)
         try:
             new, info = self.propose(x, y)
