@@ -14,6 +14,7 @@ import dendrite_sim as ds
 from dendrite_sim.files import atomic_write
 from dendrite_sim import training
 from dendrite_sim.learning import history
+from dendrite_sim.learning.learners.backprop import backprop_gradient
 from dendrite_sim.data import Dataset, load_digits
 from dendrite_sim.models import Mixture
 from dendrite_sim.training import (LAYER_DIAGNOSTICS, SCALAR_DIAGNOSTICS, BackpropLearner,
@@ -192,6 +193,24 @@ def test_gauss_newton_pseudo_inverse_for_contracting_layer():
                                atol=1e-12)
     min_norm = -(np.linalg.pinv(W3 @ W2) @ e.T).T
     assert not np.allclose(G["W"][0].numpy(), min_norm.T @ x.numpy() / 4, rtol=1e-3)
+
+
+def test_gauss_newton_singular_square_layer_is_least_squares():
+    """A singular square W_2 (a zero row, as a saturated unit gives in float32): delta h_1 is
+    the minimum-norm least-squares solution W_2^+ delta h_2 (numpy's pinv), not an error."""
+    model = linear_model([3, 3, 3, 3], seed=4)
+    model.params["W"][1][1] = 0.0
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(5, 3, generator=gen, dtype=F64)
+    y = torch.randn(5, 3, generator=gen, dtype=F64)
+    G = gauss_newton_direction(model, model.params, x, y, "mse")
+    W1, W2, W3 = (w.numpy() for w in model.params["W"])
+    h1 = x.numpy() @ W1.T
+    e = h1 @ W2.T @ W3.T - y.numpy()
+    d2 = -np.linalg.solve(W3, e.T).T
+    d1 = (np.linalg.pinv(W2) @ d2.T).T
+    np.testing.assert_allclose(G["W"][0].numpy(), d1.T @ x.numpy() / 5, rtol=1e-9,
+                               atol=1e-12)
 
 
 def test_cos_gn_closed_form_single_example():
@@ -494,3 +513,54 @@ def test_diverging_update_raises_and_is_not_applied(digits):
             before = [w.clone() for w in learner.params["W"]]
     for w, b in zip(learner.params["W"], before):
         assert torch.isfinite(w).all() and torch.equal(w, b)
+
+
+def test_lr_decay_scales_each_epoch_like_sgd_by_hand(digits):
+    """lr_decay = 0.5: epoch k steps with lr * 0.5**k, checked against plain SGD written out
+    with the loop's shuffling stream (one generator seeded with ``seed``, a permutation per
+    epoch) and the backprop gradient (checked against finite differences above)."""
+    data = small_digits(digits, n_train=96)
+    learner = bp_learner(seed=3, lr=0.3)
+    by_hand = bp_learner(seed=3, lr=0.3)
+    train(learner, data, epochs=3, batch_size=32, lr_decay=0.5, seed=5, progress=False)
+    x, y, _, _ = data.tensors(dtype=by_hand.dtype, device=by_hand.device)
+    params = {n: [p.clone() for p in v] for n, v in by_hand.params.items()}
+    gen = torch.Generator().manual_seed(5)
+    for epoch in range(3):
+        perm = torch.randperm(len(x), generator=gen)
+        for start in range(0, len(x), 32):
+            idx = perm[start:start + 32]
+            target = torch.nn.functional.one_hot(y[idx], 10).to(x.dtype)
+            grads = backprop_gradient(by_hand.model, params, x[idx], target, "cross_entropy")
+            rate = 0.3 * 0.5 ** epoch
+            params.update({n: [p - rate * g for p, g in zip(params[n], grads[n])]
+                           for n in grads})
+    for n in ("W", "b"):
+        for mine, ref in zip(learner.params[n], params[n]):
+            torch.testing.assert_close(mine, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_lr_decay_scales_the_dendritic_change_and_resumes(tmp_path, digits):
+    """``step(scale=)`` multiplies the quasi-static change exactly; a run with lr_decay
+    extended by a resume equals the uninterrupted run; out-of-range values name the key."""
+    full, half = (DendriticLearner(Mixture([64, 16, 10], feedback="learned", bias=True,
+                                           seed=2, dtype=F64)) for _ in range(2))
+    x = torch.as_tensor(digits.x_train[:16], dtype=F64)
+    y = torch.as_tensor(digits.y_train[:16])
+    before = {n: [p.clone() for p in v] for n, v in full.params.items() if n in ("W", "b")}
+    full.step(x, y)
+    half.step(x, y, scale=0.5)
+    for n, old in before.items():
+        for a, b, o in zip(full.params[n], half.params[n], old):
+            torch.testing.assert_close(b - o, 0.5 * (a - o), rtol=1e-10, atol=1e-13)
+    data = small_digits(digits)
+    kw = dict(batch_size=32, eval_every=1, lr_decay=0.7, progress=False)
+    straight = bp_learner(seed=1)
+    h_full = train(straight, data, epochs=3, out_dir=tmp_path / "full", **kw)
+    short = bp_learner(seed=1)
+    train(short, data, epochs=1, out_dir=tmp_path / "ext", **kw)
+    h_ext = train(short, data, epochs=3, out_dir=tmp_path / "ext", resume=True, **kw)
+    assert_same_run(h_full, h_ext, straight.params, short.params)
+    for bad in (0.0, 1.5, float("nan")):
+        with pytest.raises(ValueError, match=r"lr_decay must lie in \(0.0, 1.0\]"):
+            train(bp_learner(), data, epochs=1, lr_decay=bad, progress=False)

@@ -88,6 +88,7 @@ TRAINING = {
     "diagnostics_every": ("int", None),
     "probe_size": ("int", None),
     "n_eig": ("int", 4),
+    "lr_decay": ("number", 1.0),         # updates of epoch k scaled by lr_decay**k (train)
 }
 SOLVER = {
     "method": ("str", "dopri5"),        # integrator (dendrite_sim.dynamics.integrators.METHODS)
@@ -665,6 +666,8 @@ def _check_values(cfg: dict) -> None:
     for key in ("epochs", "batch_size"):
         if tr[key] < 1:
             raise ConfigError(f"training.{key} must be >= 1; got {tr[key]}")
+    if not 0.0 < tr["lr_decay"] <= 1.0:
+        raise ConfigError(f"training.lr_decay must lie in (0, 1]; got {tr['lr_decay']}")
     from dendrite_sim.learning.presentation import MODES
     if tr["mode"] not in MODES:
         raise ConfigError(f"training.mode must be one of {list(MODES)}; got {tr['mode']!r}")

@@ -400,7 +400,7 @@ def _train_all(run: Path, cfg: dict, origin: str, resume: bool, overwrite: bool,
                   seed=tr["seed"], max_eval=tr.get("max_eval"),
                   diagnostics_every=tr.get("diagnostics_every"),
                   probe_size=tr.get("probe_size"), n_eig=tr["n_eig"], progress=reporter.progress,
-                  resume=resume, overwrite=overwrite)
+                  lr_decay=tr["lr_decay"], resume=resume, overwrite=overwrite)
     reporter.say(f"dendrite-sim run: {type(model).__name__} {model.sizes} on {data.name} "
                  f"({len(data.x_train)} train / {len(data.x_test)} test), {tr['epochs']} "
                  f"epoch(s), batch {tr['batch_size']}, learner {cfg['learner']['name']}"

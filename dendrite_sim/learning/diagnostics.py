@@ -70,10 +70,7 @@ def gauss_newton_direction(model, params, x, target, loss) -> dict:
         delta[L] = -loss_gradient(loss, h[L], target)
         for i in range(L - 1, 0, -1):
             J = d[i + 1][:, :, None] * params["W"][i]               # (B, n_{i+1}, n_i)
-            if J.shape[1] == J.shape[2]:
-                delta[i] = torch.linalg.solve(J, delta[i + 1])
-            else:
-                delta[i] = (torch.linalg.pinv(J) @ delta[i + 1][:, :, None])[:, :, 0]
+            delta[i] = _solve_or_least_squares(J, delta[i + 1])
         B = x.shape[0]
         out = {"W": [], "b": []}
         for i in range(1, L + 1):
@@ -81,6 +78,20 @@ def gauss_newton_direction(model, params, x, target, loss) -> dict:
             out["W"].append(local.T @ h[i - 1] / B)
             out["b"].append(None if params["b"][i - 1] is None else local.mean(0))
     return out
+
+
+def _solve_or_least_squares(J: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``J^+ v`` per example: a batched LU solve where ``J`` is square and invertible, the
+    minimum-norm least-squares solution (pseudo-inverse) where it is not square or singular
+    (e.g. a saturated unit whose derivative is exactly 0 in float32)."""
+    if J.shape[1] == J.shape[2]:
+        out, info = torch.linalg.solve_ex(J, v)
+        bad = info != 0
+        if not bad.any():
+            return out
+        out[bad] = (torch.linalg.pinv(J[bad]) @ v[bad][:, :, None])[:, :, 0]
+        return out
+    return (torch.linalg.pinv(J) @ v[:, :, None])[:, :, 0]
 
 
 def layer_diagnostics(learner, x, y, n_eig: int = 4) -> dict:

@@ -96,7 +96,7 @@ def _check_data(data, learner):
 
 def train(learner, data, *, epochs, batch_size=32, eval_every=1, seed=0, out_dir=None,
           resume=False, progress=True, diagnostics_every=None, max_eval=None, probe_size=None,
-          n_eig=4, overwrite=False) -> History:
+          n_eig=4, overwrite=False, lr_decay=1.0) -> History:
     """Train ``learner`` on ``data`` with seeded shuffled mini-batches; return the History.
 
     Parameters
@@ -122,6 +122,9 @@ def train(learner, data, *, epochs, batch_size=32, eval_every=1, seed=0, out_dir
     n_eig : examples of the probe batch whose spectrum is computed (0: none).
     overwrite : allow a fresh run (``resume=False``) to replace the files of an earlier run in
         ``out_dir``; otherwise that raises ``FileExistsError``.
+    lr_decay : in (0, 1]; the updates of epoch ``k`` (from 0) are scaled by ``lr_decay**k``
+        (``Learner.step(..., scale=)``): an exponential step-size schedule, the same for every
+        learner, that depends on the epoch only (so an extended run continues it).
     """
     if not hasattr(learner, "step"):
         learner = DendriticLearner(learner)
@@ -133,6 +136,7 @@ def train(learner, data, *, epochs, batch_size=32, eval_every=1, seed=0, out_dir
     if max_eval is not None:
         max_eval = _check_int("max_eval", max_eval)
     n_eig = _check_int("n_eig", n_eig, low=0)
+    lr_decay = check_range("lr_decay", lr_decay, low=0.0, low_open=True, high=1.0)
     _check_data(data, learner)
 
     x_tr, y_tr, x_te, y_te = data.tensors(dtype=learner.dtype, device=learner.device)
@@ -160,6 +164,8 @@ def train(learner, data, *, epochs, batch_size=32, eval_every=1, seed=0, out_dir
               "eval_every_batches": eval_steps, "diagnostics_every": diag_steps,
               "max_eval": max_eval, "probe_size": probe_size, "n_eig": n_eig,
               "dtype": str(learner.dtype)}
+    if lr_decay != 1.0:
+        config["lr_decay"] = lr_decay
     depth = len(learner.sizes) - 1
 
     out = None if out_dir is None else Path(out_dir)
@@ -261,7 +267,7 @@ def train(learner, data, *, epochs, batch_size=32, eval_every=1, seed=0, out_dir
                 sample_diagnostics()
             t0 = time.perf_counter()
             try:
-                info = learner.step(x_tr[idx], y_tr[idx])
+                info = learner.step(x_tr[idx], y_tr[idx], scale=lr_decay ** state["epoch"])
             except NumericalError as err:
                 raise NumericalError(f"{err} [batch {state['step'] + 1} of {total}, epoch "
                                      f"{state['step'] / per_epoch:.2f}, simulated time "
