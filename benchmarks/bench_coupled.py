@@ -3,8 +3,9 @@
 The configuration of ``bench_training.py``'s timing section (docs/report.md): two-phase DTP
 64-128-128-10, float32, batch 32, the schedule ``T_free = T_learn = 20 tau``, rates times
 ``--rate-scale`` (2e-4; see ``bench_training.py`` for why), the coupled ODE integrated by
-``--coupled`` (default heun3 at 1.25 tau: 96 field evaluations per presentation). Backprop is
-``BackpropLearner`` with the same architecture and initial weights.
+``--coupled`` (default etdrk4 at 3 tau, 56 field evaluations per presentation, and heun3 at
+1.25 tau, 96; docs/derivations.md §8). Backprop is ``BackpropLearner`` with the same
+architecture and initial weights.
 
 Both learners are timed in CPU time of this process (``time.process_time``: less sensitive
 to other processes on a shared machine than wall time), alternated, best of ``--reps``:
@@ -31,7 +32,8 @@ from dendrite_sim.data import load_digits
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--coupled", nargs="+", default=["heun3:1.25"], metavar="METHOD[:STEP]",
+    p.add_argument("--coupled", nargs="+", default=["etdrk4:3", "heun3:1.25"],
+                   metavar="METHOD[:STEP]",
                    help="integrators of the coupled learner (a fixed-step method with its "
                         "step in tau, or an adaptive one at its default tolerances)")
     p.add_argument("--coupled-batches", type=int, default=4)

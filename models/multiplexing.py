@@ -257,6 +257,14 @@ class Multiplexing(NetworkModel):
             rates.update(synapse.rates(parts, self._presynaptic(synapse, h, p)))
         return torch.cat([r for v in self.layout.variables for r in rates[v]], dim=-1)
 
+    def linear_decay(self, t, drive):
+        """The leak of each compartment: ``1 / tau_basal`` (``ab``), ``1 / tau_apical``
+        (``aa``), ``trace / T_z`` (``z``) of (6.43), (6.44); 0 for the synapses' decoders
+        (integrated as they are)."""
+        return self.layout.columns({"ab": 1.0 / self.tau_basal, "aa": 1.0 / self.tau_apical,
+                                    "z": drive.gate("trace", t) / self.trace_tau},
+                                   self.dtype, self.device)
+
     def _presynaptic(self, synapse, h, p):
         """The :class:`Multiplexed` signals a synapse population reads: layers 1..L-1 for the
         basal decoders, 2..L for the apical ones."""

@@ -106,6 +106,10 @@ class TwoPhaseDTP(MixingNetwork):
         rate = self._trace_rate(t, drive)
         return {"z": [relax(rate, zi, hi) for hi, zi in zip(parts["h"], parts["z"])]}
 
+    def auxiliary_decay(self, t, drive):
+        """The trace's decay rate ``k`` of ``dz_i/dt = -k z_i + k h_i``."""
+        return {"z": self._trace_rate(t, drive)}
+
     def slow_relaxation(self, t, y, drive):
         """The same trace rule, declared: rate ``trace(t) / T_z``, target ``h``."""
         return {"z": (self._trace_rate(t, drive), y[..., self.layout.variable_slice("h")])}

@@ -72,6 +72,10 @@ class Trajectory:
         return self.y[-1]
 
 
+#: the flat decay vectors of coupled states, by the neural decay and the state's sizes
+_FLAT_DECAY: dict = {}
+
+
 class _Field(torch.nn.Module):
     """``odeint``'s callable; a Module so the adjoint method can find parameters.
 
@@ -111,6 +115,26 @@ class _Field(torch.nn.Module):
         # a rule switched off (rate None) is integrated as zero
         return self.pack([dy] + [zero if rates[n][k] is None else rates[n][k]
                                  for (n, k), zero in zip(self.slots, self.zeros)])
+
+    def decay(self, t) -> torch.Tensor:
+        """``k`` of the model's linear decay (``linear_decay``) over this field's state: the
+        neural state's rates, then 0 for each integrated parameter's displacement."""
+        k = self.model.linear_decay(t, self.drive)
+        if k is None:
+            raise ValueError(f"the exponential methods need the model's linear decay, but "
+                             f"{type(self.model).__name__} declares none (linear_decay); use "
+                             "a plain method (heun3, rk4, dopri5, ...)")
+        k = torch.as_tensor(k, dtype=self.model.dtype, device=self.model.device)
+        if not self.plastic_names:
+            return k
+        key = (tuple(k.flatten().tolist()), tuple(k.shape), tuple(self.sizes), k.dtype,
+               str(k.device))
+        if key not in _FLAT_DECAY:            # the same tensor for every presentation
+            if len(_FLAT_DECAY) >= 16:
+                _FLAT_DECAY.pop(next(iter(_FLAT_DECAY)))
+            neural = k.expand(self.shapes[0]).reshape(-1)
+            _FLAT_DECAY[key] = torch.cat([neural, neural.new_zeros(sum(self.sizes[1:]))])
+        return _FLAT_DECAY[key]
 
     def subset(self, index):
         """The field of the examples ``index`` of the batch (no plastic parameters)."""
@@ -218,6 +242,9 @@ def integrate_drive(model, drive: Drive, t, y0, params, *, method="dopri5", rtol
                                      options=options)
     names = tuple(n for n in model.plastic_params if n in params
                   and (plastic is True or (plastic is not False and n in plastic)))
+    if adjoint and integ.backend.exponential:
+        raise ValueError(f"adjoint=True integrates with torchdiffeq, which has no exponential "
+                         f"method ({integ.method!r}); use a plain method")
     if integ.per_example and (names or adjoint):
         raise ValueError("per_example steps need plastic=False and adjoint=False (the weights "
                          "and the adjoint are shared by the whole batch)")
@@ -250,6 +277,12 @@ def _integrate_segment(func, y, seg, integ, adjoint, params):
     try:
         if adjoint or integ.backend.engine == "torchdiffeq":
             sol, nfev = _torchdiffeq(func, state, seg, integ, tol, norm, adjoint, params), None
+        elif integ.backend.exponential:
+            middle = 0.5 * (float(seg[0]) + float(seg[-1]))
+            solution = rk.solve_exponential(func.forward, state, seg, integ.backend.solver,
+                                            func.decay(middle), step_size=integ.steps_option,
+                                            max_steps=integ.budget)
+            sol, nfev = solution.ys, solution.nfev
         elif integ.per_example:
             solution = rk.solve_per_example(func.subset, state, seg, TABLEAUX[integ.method],
                                             rtol=integ.rtol, atol=tol, max_steps=integ.budget,

@@ -9,7 +9,10 @@ tableaux in :data:`~dendrite_sim.dynamics.rk.TABLEAUX` (``dopri5``, ``tsit5``, `
 ``heun3``, ``rk4``, ``midpoint``, ``euler``) run on the lean integrator of
 :mod:`~dendrite_sim.dynamics.rk`; every method of torchdiffeq's own registry is available as
 ``"torchdiffeq:<name>"``, and by its plain name where no lean tableau has that name
-(``dopri8``, ``adaptive_heun``, ``explicit_adams``, ...). The lean methods take the plain names
+(``dopri8``, ``adaptive_heun``, ``explicit_adams``, ...). The exponential Runge-Kutta methods
+``etd1``, ``etdrk2``, ``etdrk4`` (Cox & Matthews 2002) take fixed steps on the lean engine
+with the model's declared linear decay (``NetworkModel.linear_decay``, e.g. ``-h / tau``)
+integrated exactly, so the step is bounded by the rest of the field, not by ``tau``. The lean methods take the plain names
 because they are faster at the same error and evaluations (measured in docs/integration.md),
 and existing calls ``simulate(..., method="dopri5", rtol=..., atol=..., options=...)`` keep
 their meaning: the same tableau and the same error-control semantics.
@@ -24,7 +27,7 @@ import torchdiffeq  # noqa: F401  (loads torchdiffeq._impl.odeint, whose SOLVERS
 from torchdiffeq._impl.solvers import FixedGridODESolver
 
 from dendrite_sim.errors import check_range
-from dendrite_sim.dynamics.rk import TABLEAUX
+from dendrite_sim.dynamics.rk import EXPONENTIAL, TABLEAUX
 
 __all__ = ["Integrator", "Backend", "METHODS", "FIXED_STEP", "register_method",
            "DEFAULT_MAX_STEPS", "LEAN_OPTIONS"]
@@ -43,11 +46,15 @@ LEAN_OPTIONS = ("norm", "first_step", "max_num_steps", "safety", "ifactor", "dfa
 class Backend:
     """What runs a method: ``engine`` ``"lean"`` (``solver`` names a tableau of
     :data:`~dendrite_sim.dynamics.rk.TABLEAUX`) or ``"torchdiffeq"`` (``solver`` names a
-    method of its ``odeint``); ``fixed``: it takes fixed steps only (needs ``step_size``)."""
+    method of its ``odeint``); ``fixed``: it takes fixed steps only (needs ``step_size``);
+    ``exponential``: ``solver`` names an exponential Runge-Kutta method of
+    :data:`~dendrite_sim.dynamics.rk.EXPONENTIAL` (the model's ``linear_decay`` integrated
+    exactly; fixed steps)."""
 
     engine: str
     solver: str
     fixed: bool
+    exponential: bool = False
 
 
 def _torchdiffeq_solvers() -> dict:
@@ -63,6 +70,8 @@ def _build_registry() -> dict:
         methods[name] = backend
     for name, tableau in TABLEAUX.items():
         methods[name] = Backend("lean", name, not tableau.adaptive)
+    for name in EXPONENTIAL:
+        methods[name] = Backend("lean", name, True, exponential=True)
     return methods
 
 

@@ -71,5 +71,15 @@ class Layout:
         own = [b for b in self.blocks if b.variable == variable]
         return slice(own[0].start, own[-1].stop)
 
+    def columns(self, values: dict, dtype, device) -> torch.Tensor:
+        """Per column of the state, the value of its variable (``0`` for a variable not in
+        ``values``): ``(N,)``, or ``(B, N)`` where a value is a ``(B, 1)`` tensor (e.g. a gate
+        given per example)."""
+        kw = dict(dtype=dtype, device=device)
+        blocks = [torch.as_tensor(values.get(v, 0.0), **kw) * torch.ones(sum(widths), **kw)
+                  for v, widths in self.variables.items()]
+        lead = torch.broadcast_shapes(*(b.shape[:-1] for b in blocks))
+        return torch.cat([b.expand(*lead, b.shape[-1]) for b in blocks], dim=-1)
+
     def __repr__(self) -> str:
         return f"Layout({self.variables})"

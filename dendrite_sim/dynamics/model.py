@@ -239,6 +239,16 @@ class NetworkModel:
         :meth:`rates`."""
         return None
 
+    def linear_decay(self, t, drive: Drive):
+        """Optional: the rates ``k >= 0`` of the field's linear decay per column of the state,
+        ``field = -k y + N(t, y)`` (e.g. ``1 / tau`` for a leaky activity): a number or a
+        ``(N,)`` tensor (or one broadcastable to the state ``(B, N)``), constant between
+        breakpoints. The exponential methods (``method="etdrk4"``, ...; docs/integration.md)
+        integrate it exactly. Any ``k`` gives a consistent method; the declared linear part
+        lets steps exceed ``tau``. Default ``None``: not declared (those methods refuse the
+        model)."""
+        return None
+
     def initial_state(self, drive: Drive, prepared) -> torch.Tensor:
         """The state a presentation starts from, ``(B, N)`` (the mixing models: the forward
         pass for the activity, traces equal to it)."""

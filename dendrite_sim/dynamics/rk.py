@@ -18,7 +18,8 @@ the first one from Hairer, Norsett & Wanner, *Solving ODEs I*, II.4.
 Three drivers share the stages: :func:`solve` (one step size for the whole batch, adaptive or
 fixed), :func:`solve_per_example` (each example of a ``(B, N)`` batch with its own step size
 and time; an example that reaches the end, or settles to ``max |dy/dt| < settle_tol``, leaves
-the batch). Every driver stops with :class:`~dendrite_sim.errors.NumericalError` once
+the batch). :func:`solve_exponential` takes fixed steps of an exponential Runge-Kutta method,
+the field's linear decay integrated exactly. Every driver stops with :class:`~dendrite_sim.errors.NumericalError` once
 ``max_steps`` steps (accepted and rejected) are spent.
 """
 from __future__ import annotations
@@ -31,7 +32,8 @@ import torch
 
 from dendrite_sim.errors import NumericalError
 
-__all__ = ["Tableau", "TABLEAUX", "solve", "solve_per_example", "Solution", "rms_norm"]
+__all__ = ["Tableau", "TABLEAUX", "EXPONENTIAL", "solve", "solve_per_example",
+           "solve_exponential", "phi", "Solution", "rms_norm"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -317,6 +319,126 @@ def _solve_fixed(func, y0, times, stages, step_size, max_steps):
             f = K[-1] if stages.tableau.fsal else None
         ys.append(y)
     return Solution(torch.stack(ys), nfev, sum(counts), 0)
+
+
+def phi(j: int, z: torch.Tensor) -> torch.Tensor:
+    """``phi_j(z) = sum_n z^n / (n + j)!`` (``phi_0 = exp``, ``phi_1(z) = (e^z - 1) / z``,
+    ...; ``phi_j(0) = 1 / j!``), in float64: the Taylor series where ``|z| < 1``, the
+    recurrence ``phi_j = (phi_{j-1} - 1 / (j-1)!) / z`` elsewhere (no cancellation there)."""
+    z = z.to(torch.float64)
+    value = torch.exp(z)
+    for i in range(1, j + 1):
+        value = (value - 1.0 / math.factorial(i - 1)) / torch.where(z == 0, 1.0, z)
+    small = z.abs() < 1.0
+    if bool(small.any()):
+        series = torch.zeros_like(z)
+        for n in range(24, -1, -1):
+            series = series * z + 1.0 / math.factorial(n + j)
+        value = torch.where(small, series, value)
+    return value
+
+
+class _Exponential:
+    """The coefficients of the exponential methods for one step size ``h`` and the linear
+    part ``-k`` (``z = -k h``), in the state's dtype: ``e = e^z``, ``e_half = e^{z/2}``,
+    ``p_half = phi_1(z/2)``, ``p1, p2 = phi_1(z), phi_2(z)`` and ETDRK4's weights ``w_y, w_ab,
+    w_c``. The phi functions are evaluated on the distinct values of ``k`` only (a state
+    holds a few time constants) and spread over the state."""
+
+    def __init__(self, decay: torch.Tensor, h: float, dtype):
+        values, where = torch.unique(decay, return_inverse=True)
+        z = -values.to(torch.float64) * h
+        p1, p2, p3 = (phi(j, z) for j in (1, 2, 3))
+        table = torch.stack([phi(0, z), phi(0, z / 2), phi(1, z / 2), p1, p2,
+                             p1 - 3 * p2 + 4 * p3, 2 * (p2 - 2 * p3), 4 * p3 - p2]).to(dtype)
+        (self.e, self.e_half, self.p_half, self.p1, self.p2, self.w_y, self.w_ab,
+         self.w_c) = table[:, where]
+
+
+_COEFFICIENTS: dict = {}
+
+
+def _exponential_coefficients(decay: torch.Tensor, h: float, dtype) -> _Exponential:
+    """:class:`_Exponential` of ``(decay, h)``, kept for the last few ``decay`` tensors (the
+    engine passes the same tensor for every presentation of a phase)."""
+    key = (id(decay), h, dtype)
+    hit = _COEFFICIENTS.get(key)
+    if hit is None or hit[0] is not decay:
+        if len(_COEFFICIENTS) >= 16:
+            _COEFFICIENTS.pop(next(iter(_COEFFICIENTS)))
+        hit = _COEFFICIENTS[key] = (decay, _Exponential(decay, h, dtype))
+    return hit[1]
+
+
+def _etd1(func, t, y, h, k, c):
+    """Exponential Euler: ``y1 = e^z y + h phi_1(z) N(y)``."""
+    return torch.addcmul(c.e * y, c.p1, _nonlinear(func, t, y, k), value=h)
+
+
+def _etdrk2(func, t, y, h, k, c):
+    """Cox & Matthews (2002) ETD2RK: ``a = e^z y + h phi_1 N(y)``, ``y1 = a + h phi_2
+    (N(a) - N(y))``."""
+    n_y = _nonlinear(func, t, y, k)
+    a = torch.addcmul(c.e * y, c.p1, n_y, value=h)
+    return torch.addcmul(a, c.p2, _nonlinear(func, t + h, a, k) - n_y, value=h)
+
+
+def _etdrk4(func, t, y, h, k, c):
+    """Cox & Matthews (2002) ETDRK4 in phi-function form (Hochbruck & Ostermann 2010,
+    Acta Numerica, section 2.3)::
+
+        a = e^{z/2} y + h/2 phi_1(z/2) N(y),     b = e^{z/2} y + h/2 phi_1(z/2) N(a)
+        c = e^{z/2} a + h/2 phi_1(z/2) (2 N(b) - N(y))
+        y1 = e^z y + h [(phi_1 - 3 phi_2 + 4 phi_3) N(y) + 2 (phi_2 - 2 phi_3) (N(a) + N(b))
+                        + (4 phi_3 - phi_2) N(c)]
+
+    (classical RK4 where ``k = 0``)."""
+    n_y = _nonlinear(func, t, y, k)
+    y_half = c.e_half * y
+    a = torch.addcmul(y_half, c.p_half, n_y, value=h / 2)
+    n_a = _nonlinear(func, t + h / 2, a, k)
+    b = torch.addcmul(y_half, c.p_half, n_a, value=h / 2)
+    n_b = _nonlinear(func, t + h / 2, b, k)
+    c_ = torch.addcmul(c.e_half * a, c.p_half, torch.sub(n_b, n_y, alpha=0.5), value=h)
+    n_c = _nonlinear(func, t + h, c_, k)
+    out = torch.addcmul(c.e * y, c.w_y, n_y, value=h)
+    out.addcmul_(c.w_ab, n_a.add_(n_b), value=h)
+    return out.addcmul_(c.w_c, n_c, value=h)
+
+
+def _nonlinear(func, t, y, k):
+    """``N(y) = f(t, y) + k y``, the field without its linear decay."""
+    return torch.addcmul(func(t, y), k, y)
+
+
+#: the exponential Runge-Kutta methods: ``{name: (step, evaluations per step)}``
+EXPONENTIAL = {"etd1": (_etd1, 1), "etdrk2": (_etdrk2, 2), "etdrk4": (_etdrk4, 4)}
+
+
+def solve_exponential(func, y0: torch.Tensor, t, method: str, decay, *, step_size: float,
+                      max_steps=10_000) -> Solution:
+    """Fixed steps of the exponential Runge-Kutta ``method`` (:data:`EXPONENTIAL`) for
+    ``dy/dt = func(t, y) = -k y + N(t, y)``, ``k = decay >= 0`` (broadcastable to ``y0``,
+    constant over ``t``): the linear decay is integrated exactly (``phi`` functions of
+    ``z = -k h``), so the step is bounded by the stability and accuracy of ``N`` alone, not
+    by ``1 / k``. An equilibrium of ``func`` is a fixed point of every step (unlike Lawson's
+    integrating-factor methods, which shift it by their quadrature error). Steps as in
+    :func:`solve`: the largest not above ``step_size`` that divide each output interval."""
+    step, evaluations = EXPONENTIAL[method]
+    times = [float(v) for v in t]
+    counts = [max(1, math.ceil((b - a) / step_size * (1 - 1e-12)))
+              for a, b in zip(times[:-1], times[1:])]
+    if sum(counts) > max_steps:
+        raise _budget_error(times[0], times[0], times[-1], max_steps) from None
+    k = torch.as_tensor(decay, dtype=y0.dtype, device=y0.device)
+    ys, y = [y0], y0
+    for (a, b), n in zip(zip(times[:-1], times[1:]), counts):
+        h = (b - a) / n
+        coefficients = _exponential_coefficients(k, h, y0.dtype)
+        for i in range(n):
+            y = step(func, a + i * h, y, h, k, coefficients)
+        ys.append(y)
+    return Solution(torch.stack(ys), sum(counts) * evaluations, sum(counts), 0)
 
 
 @torch.no_grad()

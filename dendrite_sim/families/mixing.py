@@ -105,6 +105,17 @@ class MixingNetwork(NetworkModel):
         (:meth:`auxiliary_time_constants`)."""
         return {"h": self.tau, **self.auxiliary_time_constants()}
 
+    def linear_decay(self, t, drive):
+        """``1 / tau`` for the activity, whose field (6.1) is ``-h / tau`` plus the mixed
+        drives; the other variables declare theirs (:meth:`auxiliary_decay`; 0 where not)."""
+        rates = {self.activity: 1.0 / self.tau, **self.auxiliary_decay(t, drive)}
+        return self.layout.columns(rates, self.dtype, self.device)
+
+    def auxiliary_decay(self, t, drive) -> dict:
+        """``{variable: k}`` of the variables beyond the activity whose field is ``-k v`` plus
+        terms free of ``v`` (none here)."""
+        return {}
+
     def auxiliary_time_constants(self) -> dict:
         """``{variable: time constant}`` of the variables beyond the activity (none here)."""
         return {}

@@ -131,13 +131,18 @@ def present(model: NetworkModel, x, target, schedule: Schedule, mode: str = "qua
     mode : ``"quasi_static"`` or ``"coupled"`` (module docstring).
     params : parameters to start from (default ``model.params``); never modified.
     method, rtol, atol, step_size, max_abs : integration settings (coupled mode). For
-        training, fixed steps of about one time constant are 4-7x faster than dopri5 at rtol
-        1e-6 and nearly as accurate (``method="heun3"``, ``step_size=1.25 * tau``: weight
-        changes within 7e-4 of a tight solution on digits in float64, dopri5 1.8e-4; in
-        float32 all sit at float32's own error). Stability bounds the step: ``step_size *
-        |lambda|max`` must stay inside the method's real stability interval (heun3 2.51,
-        rk4 2.79, midpoint 2), ``|lambda|max`` from :func:`~dendrite_sim.spectrum` at the
-        forward pass (digits: 1.59 / tau; docs/derivations.md §8).
+        training, fixed steps are 4-8x faster than dopri5 at rtol 1e-6: ``method="heun3"``,
+        ``step_size=1.25 * tau`` (96 evaluations per two-phase presentation; weight changes
+        within 7e-4 of a tight solution on digits in float64 at initialisation, 1.2e-2 after
+        5 epochs; dopri5 1.8e-4 / 9.6e-4), or the exponential ``method="etdrk4"``,
+        ``step_size=3 * tau`` (56 evaluations; 1.0e-2 / 1.7e-2), which integrates the leak
+        ``-h / tau`` exactly (``model.linear_decay``). In float32 all sit at float32's own
+        error (2e-2 at initialisation, 0.4 after 5 epochs, for ``W_1``). Stability bounds the
+        step: ``step_size * |lambda|max`` must stay inside the method's real stability
+        interval (heun3 2.51, rk4 2.79, midpoint 2), with ``|lambda|max`` from
+        :func:`~dendrite_sim.spectrum` at the forward pass (digits: 1.59 / tau) for the plain
+        methods and the largest eigenvalue of the field without its leak for the exponential
+        ones (digits: 0.6 / tau; docs/derivations.md §8).
     integrator : an :class:`~dendrite_sim.dynamics.integrators.Integrator` built once (e.g.
         from a configuration's ``[solver]``); it replaces ``method, rtol, atol, step_size,
         max_abs``, which otherwise build one.
