@@ -237,10 +237,10 @@ def timed_steps(learner) -> list[float]:
     in one process with one torch thread, so on an idle core the two agree."""
     seconds, step = [0.0], learner.step
 
-    def timed(x, y):
+    def timed(x, y, **kwargs):
         start = time.process_time()
         try:
-            return step(x, y)
+            return step(x, y, **kwargs)
         finally:
             seconds[0] += time.process_time() - start
     learner.step = timed

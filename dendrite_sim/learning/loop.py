@@ -124,7 +124,8 @@ def train(learner, data, *, epochs, batch_size=32, eval_every=1, seed=0, out_dir
         ``out_dir``; otherwise that raises ``FileExistsError``.
     lr_decay : in (0, 1]; the updates of epoch ``k`` (from 0) are scaled by ``lr_decay**k``
         (``Learner.step(..., scale=)``): an exponential step-size schedule, the same for every
-        learner, that depends on the epoch only (so an extended run continues it).
+        learner, that depends on the epoch only (so an extended run continues it). With
+        ``lr_decay < 1`` the learner's ``step`` must accept ``scale`` (``Learner.step`` does).
     """
     if not hasattr(learner, "step"):
         learner = DendriticLearner(learner)
@@ -267,7 +268,7 @@ def train(learner, data, *, epochs, batch_size=32, eval_every=1, seed=0, out_dir
                 sample_diagnostics()
             t0 = time.perf_counter()
             try:
-                info = learner.step(x_tr[idx], y_tr[idx], scale=lr_decay ** state["epoch"])
+                info = _step(learner, x_tr[idx], y_tr[idx], lr_decay ** state["epoch"])
             except NumericalError as err:
                 raise NumericalError(f"{err} [batch {state['step'] + 1} of {total}, epoch "
                                      f"{state['step'] / per_epoch:.2f}, simulated time "
@@ -298,6 +299,14 @@ def train(learner, data, *, epochs, batch_size=32, eval_every=1, seed=0, out_dir
     finally:
         bar.close()
     return History.from_records(records, depth, config)
+
+
+def _step(learner, x, y, scale: float) -> dict:
+    """``learner.step`` on one batch; the step-size ``scale`` is passed only when it is not 1,
+    so a learner whose ``step(x, y)`` takes no ``scale`` still trains without ``lr_decay``."""
+    if scale == 1.0:
+        return learner.step(x, y)
+    return learner.step(x, y, scale=scale)
 
 
 def _kept(out, saved_step) -> str:
