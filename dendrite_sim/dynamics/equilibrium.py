@@ -1093,15 +1093,19 @@ def _captured(F, linear_part, lead, linear, tol, near):
 
 def _repolish(sub, attempt, rows, z, F, tol, solver):
     """Solve the roots of the examples ``rows`` again from the trajectory's points ``z``
-    (``F = F(z)``) with the solvers of ``solver.plan``, with their stability; where a root
-    is found it replaces ``attempt``'s. Returns the (b,) examples where one was found."""
+    (``F = F(z)``) with the solvers of ``solver.plan``, with their stability (kept from
+    ``attempt`` where the root is the one it had, to ``sqrt(tol)`` in every entry: the
+    trajectory is slow but heading there); where a root is found it replaces ``attempt``'s.
+    Returns the (b,) examples where one was found."""
     model = sub.model
     y, Fy, _, _, contracted, _ = _solve(sub, z, F, tol, solver.max_iter,
                                      solver.plan(model.state_size),
                                      model.column_time_constants(), model.time_scale)
     res = _norm(Fy)
     found = res <= tol
-    lead = _stability(sub, y, found, contracted, False, solver.arnoldi_steps)
+    same = found & (_norm(y - attempt.y[rows]) <= math.sqrt(tol))
+    lead = _stability(sub, y, found & ~same, contracted, False, solver.arnoldi_steps)
+    lead = torch.where(same, attempt.lead[rows], lead)
     index = rows[found]
     attempt.y[index], attempt.res[index], attempt.lead[index] = y[found], res[found], lead[found]
     return found
