@@ -174,15 +174,23 @@ def test_gauss_newton_direction_linear_closed_form():
                                    rtol=1e-9, atol=1e-12)
 
 
+def gauss_newton_of_linear(sizes, seed, data_seed, batch, zero_row_of_w2=None):
+    """``(x, y, G, [W_i as numpy])``: the Gauss-Newton direction of a linear network on a
+    random batch (MSE), optionally with one row of ``W_2`` zeroed."""
+    model = linear_model(sizes, seed=seed)
+    if zero_row_of_w2 is not None:
+        model.params["W"][1][zero_row_of_w2] = 0.0
+    gen = torch.Generator().manual_seed(data_seed)
+    x = torch.randn(batch, sizes[0], generator=gen, dtype=F64)
+    y = torch.randn(batch, sizes[-1], generator=gen, dtype=F64)
+    G = gauss_newton_direction(model, model.params, x, y, "mse")
+    return x, y, G, [w.numpy() for w in model.params["W"]]
+
+
 def test_gauss_newton_pseudo_inverse_for_contracting_layer():
     """Contracting output layer: delta h_2 = -W_3^+ e, delta h_1 = -W_2^{-1} W_3^+ e (the
     product of layer pseudo-inverses, not the minimum-norm (W_3 W_2)^+ e)."""
-    model = linear_model([3, 3, 3, 2], seed=6)
-    gen = torch.Generator().manual_seed(3)
-    x = torch.randn(4, 3, generator=gen, dtype=F64)
-    y = torch.randn(4, 2, generator=gen, dtype=F64)
-    G = gauss_newton_direction(model, model.params, x, y, "mse")
-    W1, W2, W3 = (w.numpy() for w in model.params["W"])
+    x, y, G, (W1, W2, W3) = gauss_newton_of_linear([3, 3, 3, 2], seed=6, data_seed=3, batch=4)
     h1 = x.numpy() @ W1.T
     h2 = h1 @ W2.T
     e = h2 @ W3.T - y.numpy()
@@ -198,13 +206,8 @@ def test_gauss_newton_pseudo_inverse_for_contracting_layer():
 def test_gauss_newton_singular_square_layer_is_least_squares():
     """A singular square W_2 (a zero row, as a saturated unit gives in float32): delta h_1 is
     the minimum-norm least-squares solution W_2^+ delta h_2 (numpy's pinv), not an error."""
-    model = linear_model([3, 3, 3, 3], seed=4)
-    model.params["W"][1][1] = 0.0
-    gen = torch.Generator().manual_seed(8)
-    x = torch.randn(5, 3, generator=gen, dtype=F64)
-    y = torch.randn(5, 3, generator=gen, dtype=F64)
-    G = gauss_newton_direction(model, model.params, x, y, "mse")
-    W1, W2, W3 = (w.numpy() for w in model.params["W"])
+    x, y, G, (W1, W2, W3) = gauss_newton_of_linear([3, 3, 3, 3], seed=4, data_seed=8, batch=5,
+                                                   zero_row_of_w2=1)
     h1 = x.numpy() @ W1.T
     e = h1 @ W2.T @ W3.T - y.numpy()
     d2 = -np.linalg.solve(W3, e.T).T
