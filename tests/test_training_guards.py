@@ -37,6 +37,21 @@ def test_diverging_learning_rate(tmp_path):
     assert checkpoint_loads(cfg, tmp_path) == 0
 
 
+def test_coupled_mode_at_training_rates_names_the_run_away(tmp_path):
+    """Coupled mode (the exponential integrator at 3 tau) at the training rates: the first
+    presentation, the diagnostics' of the probe batch, blows up; the error says where and
+    names coupled mode's positive feedback and what to lower."""
+    cfg = load_config("two_phase", TINY + ["training.mode=coupled", "solver.method=etdrk4",
+                                           "solver.step_size=3", "output.figures=false"])
+    with pytest.raises(NumericalError) as err:
+        run_experiment(cfg, tmp_path)
+    text = str(err.value)
+    for needle in ("TwoPhaseDTP, learner 'dendritic'", "NaN/inf", "diagnostics' presentation",
+                   "coupled mode integrates the weights", "positive feedback",
+                   "lower the model's rates", "[batch 1 of 3"):
+        assert needle in text, text
+
+
 def test_diverging_baseline_keeps_the_figures_of_the_finished_learner(tmp_path):
     cfg = load_config("two_phase", TINY + ["model.sizes=[64,16,10]",
                                            "training.backprop_lr=1e6", "training.n_eig=1"])

@@ -264,10 +264,10 @@ def train(learner, data, *, epochs, batch_size=32, eval_every=1, seed=0, out_dir
                 state["perm"] = torch.randperm(n, generator=gen)
             idx = state["perm"][state["pos"] * batch_size:(state["pos"] + 1) * batch_size]
             diag_now = diag_steps > 0 and state["step"] % diag_steps == 0
-            if diag_now:
-                sample_diagnostics()
-            t0 = time.perf_counter()
             try:
+                if diag_now:
+                    _diagnostics_or_cause(sample_diagnostics, learner, xp, yp)
+                t0 = time.perf_counter()
                 info = _step(learner, x_tr[idx], y_tr[idx], lr_decay ** state["epoch"])
             except NumericalError as err:
                 raise NumericalError(f"{err} [batch {state['step'] + 1} of {total}, epoch "
@@ -307,6 +307,18 @@ def _step(learner, x, y, scale: float) -> dict:
     if scale == 1.0:
         return learner.step(x, y)
     return learner.step(x, y, scale=scale)
+
+
+def _diagnostics_or_cause(sample, learner, x, y) -> None:
+    """``sample()`` (the diagnostics, which present the probe batch ``(x, y)``); a numerical
+    failure there says so, with the learner's likely cause (``Learner.failure_hints``)."""
+    try:
+        sample()
+    except NumericalError as err:
+        hints = getattr(learner, "failure_hints", lambda *_: [])(x, y)
+        cause = f"; likely cause: {'; '.join(hints)}" if hints else ""
+        raise NumericalError(f"{err} (in the diagnostics' presentation of the probe batch, "
+                             f"before the batch's update{cause})") from None
 
 
 def _kept(out, saved_step) -> str:

@@ -106,9 +106,15 @@ class DendriticLearner(Learner):
                      "failure": pres.failure}
 
     def failure_hints(self, x, y) -> list[str]:
-        """Causes found by looking: ``mu`` close to 0.5, and a nudged output target outside
-        the output transfer's inverse domain (at the feed-forward output)."""
+        """Causes found by looking: ``mu`` close to 0.5, a nudged output target outside the
+        output transfer's inverse domain (at the feed-forward output), and coupled mode (whose
+        learning phase runs away at training rates, docs/derivations.md §4)."""
         hints = []
+        if self.mode == "coupled":
+            hints.append("coupled mode integrates the weights with the activity, and at rates "
+                         "that learn in a few epochs the learning phase is a positive feedback "
+                         "that runs away (docs/derivations.md §4): lower the model's rates (eta, "
+                         "eta_inv) or train with mode 'quasi_static'")
         mu = self.config()["model_hyper"].get("mu")
         if isinstance(mu, float) and mu > MU_WARN:
             hints.append(f"mu = {mu:g} is close to 0.5 (equilibria ill-conditioned)")
