@@ -179,3 +179,23 @@ def test_save_into_missing_directory_fails_cleanly(tmp_path):
     fig = plots.plot_layer_diagnostics({"a": np.ones((3, 2))})
     with pytest.raises(FileNotFoundError):
         plots.save(fig, tmp_path / "missing" / "fig.png")
+
+
+def test_comparison_axes_show_the_trained_part():
+    """The learners' comparison: a loss spanning more than 10x gets a log axis, one that does
+    not a linear one; an accuracy whose initial values lie below the trained ones is zoomed to
+    the trained part, with the initial values written on the panel, and left alone when they
+    lie inside it."""
+    from dendrite_sim.frontend.figures import _log_if_wide, _zoom_past_start
+    fig = Figure()
+    wide, narrow, zoomed, inside = fig.subplots(4, 1)
+    _log_if_wide(wide, [np.array([1.35, 0.12, 0.09]), np.array([1.3, 0.1, np.nan])])
+    _log_if_wide(narrow, [np.array([0.5, 0.2, 0.1])])
+    assert wide.get_yscale() == "log" and narrow.get_yscale() == "linear"
+    for ax, first in ((zoomed, 0.005), (inside, 0.85)):
+        ax.plot([0, 1, 2], [first, 0.82, 0.87])
+        _zoom_past_start(ax, [np.array([first, 0.82, 0.87]), np.array([first, 0.84, 0.86])])
+    low, high = zoomed.get_ylim()
+    assert 0.8 < low < 0.82 and 0.87 < high < 0.88
+    assert "initial weights: 0.005 (off the axis)" in [t.get_text() for t in zoomed.texts]
+    assert inside.get_ylim()[0] < 0.82 and not inside.texts

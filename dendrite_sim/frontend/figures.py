@@ -109,25 +109,60 @@ def spectrum_figure(cfg, learner, x, path):
 
 def comparison_figure(histories: dict, path, dpi):
     """Test and train loss (and accuracy) against examples of each learner:
-    ``histories`` is ``{label: History}``, the configured learner first."""
+    ``histories`` is ``{label: History}``, the configured learner first. The loss is on a log
+    axis when it spans more than 10x; the accuracy axis shows the trained part (the
+    evaluations after the initial weights), the initial values written below it."""
     import numpy as np
     from matplotlib.figure import Figure
     from dendrite_sim.frontend import plots
     metrics = ["loss"]
     if any(np.isfinite(h.test_accuracy).any() for h in histories.values()):
         metrics.append("accuracy")
-    fig = Figure(figsize=(6.0, 2.4 * len(metrics)), layout="constrained")
+    fig = Figure(figsize=(6.0, 2.6 * len(metrics)), layout="constrained")
     axes = fig.subplots(len(metrics), 1, sharex=True, squeeze=False)[:, 0]
     for ax, metric in zip(axes, metrics):
+        series = []
         for (label, h), color in zip(histories.items(), _COLOURS * 4):
-            ax.plot(h.examples, getattr(h, f"test_{metric}"), "-o", ms=3, color=color,
-                    label=f"{label} test")
-            ax.plot(h.examples, getattr(h, f"train_{metric}"), "--", color=color, alpha=0.6,
-                    label=f"{label} train")
+            for split, style in (("test", dict(ls="-", marker="o", ms=3)),
+                                 ("train", dict(ls="--", alpha=0.6))):
+                values = np.asarray(getattr(h, f"{split}_{metric}"), dtype=float)
+                ax.plot(h.examples, values, color=color, label=f"{label} {split}", **style)
+                series.append(values)
         ax.set_ylabel(metric)
         ax.legend(fontsize="small")
+        (_log_if_wide if metric == "loss" else _zoom_past_start)(ax, series)
     axes[-1].set_xlabel("training examples seen")
     return plots.save(fig, path, dpi=dpi)
+
+
+def _log_if_wide(ax, series, ratio=10.0):
+    """A log y axis where the positive values span more than ``ratio``."""
+    import numpy as np
+    values = np.concatenate(series)
+    values = values[np.isfinite(values)]
+    if values.size and values.min() > 0 and values.max() > ratio * values.min():
+        ax.set_yscale("log")
+
+
+def _zoom_past_start(ax, series):
+    """Limit the y axis to the values after each series' first (the initial weights) when
+    the first ones lie outside that range, and say what they were."""
+    import numpy as np
+    later = np.concatenate([s[1:] for s in series if len(s) > 1])
+    later = later[np.isfinite(later)]
+    first = np.array([s[0] for s in series if len(s)])
+    first = first[np.isfinite(first)]
+    if not later.size or not first.size:
+        return
+    low, high = later.min(), later.max()
+    if low <= first.min() and first.max() <= high:
+        return
+    pad = 0.08 * max(high - low, 1e-3)
+    ax.set_ylim(low - pad, high + pad)
+    ax.text(0.99, 0.03, f"initial weights: {first.min():.3g} to {first.max():.3g} (off the "
+            "axis)" if first.min() != first.max() else
+            f"initial weights: {first.min():.3g} (off the axis)", ha="right", va="bottom",
+            transform=ax.transAxes, fontsize="x-small")
 
 
 def make_figures(run_dir, cfg, learner, schedule, data, histories: dict, warn) -> list[Path]:
