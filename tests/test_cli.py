@@ -322,9 +322,12 @@ def test_ctrl_c_ends_with_one_line(tmp_path, stage):
     import subprocess
     import sys
     import time
+    # a shell that starts pytest in the background (``cmd &``) leaves SIGINT ignored, and an
+    # ignored signal is inherited: the program is started with the default disposition
     proc = subprocess.Popen([sys.executable, "-m", "dendrite_sim", "run", "two_phase", "--out",
                              str(tmp_path / "run")], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     begun = (lambda: _torch_loading(proc.pid)) if stage == "importing torch" else \
         (lambda: (tmp_path / "run" / "config.toml").exists())
     deadline = time.monotonic() + 120
