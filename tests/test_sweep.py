@@ -202,3 +202,19 @@ def test_options_and_section_are_checked():
             validate_sweep(bad)
     with pytest.raises(ConfigError, match="--random model.mu"):
         parse_random_option("model.mu=0.1:0.2:lin")
+
+
+def test_figure_axis_is_logarithmic_for_keys_spanning_a_decade(tmp_path, monkeypatch):
+    """A swept key whose positive values span 10x or more (0.03, 0.1, 0.3) is drawn on a log
+    axis; one that does not (0.1, 0.2) on a linear one."""
+    from dendrite_sim.frontend import plots, sweep
+    drawn = {}
+    monkeypatch.setattr(plots, "save", lambda fig, path, **kw: drawn.setdefault(
+        Path(path).name, fig.axes[0].get_xscale()) and path)
+    rows = [{"model.feedback_damping": d, "model.mu": mu, "seed": s,
+             "test_accuracy": 0.8 - d + 0.01 * s}
+            for d in (0.03, 0.1, 0.3) for mu in (0.1, 0.2) for s in (0, 1)]
+    sweep._figures(rows, ["model.feedback_damping", "model.mu"], "test_accuracy", tmp_path,
+                   grid=True)
+    assert drawn == {"test_accuracy_vs_model.feedback_damping.png": "log",
+                     "test_accuracy_vs_model.mu.png": "linear"}

@@ -456,7 +456,8 @@ def _tables(rows, keys, metric) -> tuple[str, str]:
 def _figures(rows, keys, metric, out: Path, grid: bool) -> list[Path]:
     """``metric_vs_<key>.png`` for each swept key: the mean over seeds with the standard
     deviation as error bars (and each seed as a dot); for a grid, the points that share the
-    other keys' values are joined by a line."""
+    other keys' values are joined by a line. A positive key spanning 10x or more (rates,
+    dampings) gets a log axis."""
     from matplotlib.figure import Figure
     from dendrite_sim.frontend import plots
     paths = []
@@ -485,6 +486,11 @@ def _figures(rows, keys, metric, out: Path, grid: bool) -> list[Path]:
                 ax.plot([x] * len(m), [r[metric] for r in m], ".", color=color, alpha=0.35)
         if not numeric:
             ax.set_xticks(range(len(labels)), [json.loads(v) for v in labels])
+        elif min(values) > 0 and max(values) >= 10 * min(values):
+            ax.set_xscale("log")
+            ax.minorticks_off()
+            ticks = sorted(set(values))
+            ax.set_xticks(ticks, [f"{v:g}" for v in ticks])
         ax.set_xlabel(key)
         ax.set_ylabel(f"{metric} (mean, std over seeds)")
         if grid and others:
