@@ -183,12 +183,13 @@ def test_save_into_missing_directory_fails_cleanly(tmp_path):
 
 def test_comparison_axes_show_the_trained_part():
     """The learners' comparison: a loss spanning more than 10x gets a log axis, one that does
-    not a linear one; an accuracy whose initial values lie below the trained ones is zoomed to
-    the trained part, with the initial values written on the panel, and left alone when they
-    lie inside it."""
+    not a linear one; an accuracy whose initial values lie far below the trained ones (more
+    than 3x the trained range) is zoomed to the trained part, with the initial values written
+    on the panel, and left alone when they lie inside or near it (a fast start, as the main
+    job's)."""
     from dendrite_sim.frontend.figures import _log_if_wide, _zoom_past_start
     fig = Figure()
-    wide, narrow, zoomed, inside = fig.subplots(4, 1)
+    wide, narrow, zoomed, inside, near = fig.subplots(5, 1)
     _log_if_wide(wide, [np.array([1.35, 0.12, 0.09]), np.array([1.3, 0.1, np.nan])])
     _log_if_wide(narrow, [np.array([0.5, 0.2, 0.1])])
     assert wide.get_yscale() == "log" and narrow.get_yscale() == "linear"
@@ -199,3 +200,6 @@ def test_comparison_axes_show_the_trained_part():
     assert 0.8 < low < 0.82 and 0.87 < high < 0.88
     assert "initial weights: 0.005 (off the axis)" in [t.get_text() for t in zoomed.texts]
     assert inside.get_ylim()[0] < 0.82 and not inside.texts
+    near.plot([0, 1, 2], [0.1, 0.6, 0.92])
+    _zoom_past_start(near, [np.array([0.1, 0.6, 0.92])])
+    assert near.get_ylim()[0] < 0.1 and not near.texts

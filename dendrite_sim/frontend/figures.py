@@ -144,9 +144,10 @@ def _log_if_wide(ax, series, ratio=10.0):
         ax.set_yscale("log")
 
 
-def _zoom_past_start(ax, series):
+def _zoom_past_start(ax, series, gap=3.0):
     """Limit the y axis to the values after each series' first (the initial weights) when
-    the first ones lie outside that range, and say what they were."""
+    the first ones lie outside that range by more than ``gap`` times its width (the trained
+    part would be squeezed into a strip), and say what they were."""
     import numpy as np
     later = np.concatenate([s[1:] for s in series if len(s) > 1])
     later = later[np.isfinite(later)]
@@ -155,7 +156,8 @@ def _zoom_past_start(ax, series):
     if not later.size or not first.size:
         return
     low, high = later.min(), later.max()
-    if low <= first.min() and first.max() <= high:
+    outside = max(low - first.min(), first.max() - high, 0.0)
+    if outside <= gap * (high - low):
         return
     pad = 0.08 * max(high - low, 1e-3)
     ax.set_ylim(low - pad, high + pad)
