@@ -129,8 +129,8 @@ def comparison_figure(histories: dict, path, dpi):
                 ax.plot(h.examples, values, color=color, label=f"{label} {split}", **style)
                 series.append(values)
         ax.set_ylabel(metric)
-        ax.legend(fontsize="small")
         (_log_if_wide if metric == "loss" else _zoom_past_start)(ax, series)
+        ax.legend(fontsize="small", loc="upper right" if metric == "loss" else "lower right")
     axes[-1].set_xlabel("training examples seen")
     return plots.save(fig, path, dpi=dpi)
 
@@ -161,9 +161,9 @@ def _zoom_past_start(ax, series, gap=3.0):
         return
     pad = 0.08 * max(high - low, 1e-3)
     ax.set_ylim(low - pad, high + pad)
-    ax.text(0.99, 0.03, f"initial weights: {first.min():.3g} to {first.max():.3g} (off the "
+    ax.text(0.01, 0.97, f"initial weights: {first.min():.3g} to {first.max():.3g} (off the "
             "axis)" if first.min() != first.max() else
-            f"initial weights: {first.min():.3g} (off the axis)", ha="right", va="bottom",
+            f"initial weights: {first.min():.3g} (off the axis)", ha="left", va="top",
             transform=ax.transAxes, fontsize="x-small")
 
 
