@@ -19,8 +19,9 @@ Three drivers share the stages: :func:`solve` (one step size for the whole batch
 fixed), :func:`solve_per_example` (each example of a ``(B, N)`` batch with its own step size
 and time; an example that reaches the end, or settles to ``max |dy/dt| < settle_tol``, leaves
 the batch). :func:`solve_exponential` takes fixed steps of an exponential Runge-Kutta method,
-the field's linear decay integrated exactly. Every driver stops with :class:`~dendrite_sim.errors.NumericalError` once
-``max_steps`` steps (accepted and rejected) are spent.
+the field's linear decay integrated exactly. Every driver stops with
+:class:`~dendrite_sim.errors.NumericalError` once ``max_steps`` steps (accepted and rejected)
+are spent.
 """
 from __future__ import annotations
 
@@ -305,20 +306,26 @@ def solve(func, y0: torch.Tensor, t, tableau: Tableau, *, rtol=1e-6, atol=1e-8, 
                            max_steps, first_step, (safety, ifactor, dfactor))
 
 
-def _solve_fixed(func, y0, times, stages, step_size, max_steps):
+def _fixed_grid(times, step_size, max_steps) -> list:
+    """``[(start, step, count)]`` per output interval: the largest step not above
+    ``step_size`` that divides it evenly; the budget is checked before any step is taken."""
     counts = [max(1, math.ceil((b - a) / step_size * (1 - 1e-12)))
               for a, b in zip(times[:-1], times[1:])]
     if sum(counts) > max_steps:
         raise _budget_error(times[0], times[0], times[-1], max_steps) from None
+    return [(a, (b - a) / n, n) for a, b, n in zip(times[:-1], times[1:], counts)]
+
+
+def _solve_fixed(func, y0, times, stages, step_size, max_steps):
+    grid = _fixed_grid(times, step_size, max_steps)
     ys, y, f, nfev = [y0], y0, None, 0
-    for (a, b), n in zip(zip(times[:-1], times[1:]), counts):
-        h = (b - a) / n
+    for a, h, n in grid:
         for k in range(n):
             y, K, used = stages.step(func, a + k * h, y, f, h)
             nfev += used
             f = K[-1] if stages.tableau.fsal else None
         ys.append(y)
-    return Solution(torch.stack(ys), nfev, sum(counts), 0)
+    return Solution(torch.stack(ys), nfev, sum(n for _, _, n in grid), 0)
 
 
 def phi(j: int, z: torch.Tensor) -> torch.Tensor:
@@ -425,20 +432,16 @@ def solve_exponential(func, y0: torch.Tensor, t, method: str, decay, *, step_siz
     integrating-factor methods, which shift it by their quadrature error). Steps as in
     :func:`solve`: the largest not above ``step_size`` that divide each output interval."""
     step, evaluations = EXPONENTIAL[method]
-    times = [float(v) for v in t]
-    counts = [max(1, math.ceil((b - a) / step_size * (1 - 1e-12)))
-              for a, b in zip(times[:-1], times[1:])]
-    if sum(counts) > max_steps:
-        raise _budget_error(times[0], times[0], times[-1], max_steps) from None
+    grid = _fixed_grid([float(v) for v in t], step_size, max_steps)
     k = torch.as_tensor(decay, dtype=y0.dtype, device=y0.device)
     ys, y = [y0], y0
-    for (a, b), n in zip(zip(times[:-1], times[1:]), counts):
-        h = (b - a) / n
+    for a, h, n in grid:
         coefficients = _exponential_coefficients(k, h, y0.dtype)
         for i in range(n):
             y = step(func, a + i * h, y, h, k, coefficients)
         ys.append(y)
-    return Solution(torch.stack(ys), sum(counts) * evaluations, sum(counts), 0)
+    steps = sum(n for _, _, n in grid)
+    return Solution(torch.stack(ys), steps * evaluations, steps, 0)
 
 
 @torch.no_grad()
