@@ -198,7 +198,7 @@ class MixingNetwork(NetworkModel):
         """``{name: per-layer rates}`` from the unpacked state and its :class:`Flow`:
         :meth:`forward_rates` with the model's :meth:`forward_errors`, and
         :meth:`feedback_rates` for learned feedback."""
-        rates = self.forward_rates(t, flow, self.forward_errors(parts, flow), drive)
+        rates = self.forward_rates(t, flow, lambda: self.forward_errors(parts, flow), drive)
         if "Q" in flow.P:
             rates["Q"] = self.feedback_rates(t, flow, drive)
         return rates
@@ -311,12 +311,13 @@ class MixingNetwork(NetworkModel):
     # -- plasticity templates ---------------------------------------------------------------
     def forward_rates(self, t, flow, errors, drive):
         """``dW_i/dt = -eta_i <D_{s_i} e_i h_{i-1}^T>`` and ``db_i/dt = -eta_i <D_{s_i} e_i>``
-        for ``errors = [e_1, ..., e_L]``, ``D_{s_i}`` at ``a_i = W_i h_{i-1} + b_i``."""
+        for ``errors() = [e_1, ..., e_L]`` (called only while the rule is on), ``D_{s_i}`` at
+        ``a_i = W_i h_{i-1} + b_i``."""
         gate = drive.gate("plastic_W", t)
         if _off(gate):
             return {"W": [None] * self.depth, "b": [None] * self.depth}
         rates, h, per_example = {"W": [], "b": []}, flow.h, -gate / drive.batch_size
-        for i, e in enumerate(errors, start=1):
+        for i, e in enumerate(errors(), start=1):
             delta = self.pathways.transfers[i - 1].backprop(
                 flow.preactivation(i), e * (per_example * self.layer_rates[i - 1]))
             rates["W"].append(torch.mm(delta.t(), h[i - 1]))

@@ -61,7 +61,7 @@ __all__ = ["ConfigError", "SECTIONS", "TRAINING", "SOLVER", "OUTPUT", "model_reg
            "model_class", "load_config", "parse_override", "apply_overrides",
            "validate_config", "dumps_toml", "build_model", "build_schedule", "build_data",
            "learner_options", "build_learner", "default_config_path", "resolve_source",
-           "config_names", "learner_schema", "unset_keys"]
+           "config_names", "learner_schema", "unset_keys", "build_update_rule"]
 
 SECTIONS = ("model", "data", "schedule", "learner", "training", "solver", "output", "sweep")
 
@@ -89,6 +89,10 @@ TRAINING = {
     "probe_size": ("int", None),
     "n_eig": ("int", 4),
     "lr_decay": ("number", 1.0),         # updates of epoch k scaled by lr_decay**k (train)
+    "optimizer": ("str", "sgd"),         # update rule: sgd, momentum, adam (train)
+    "optimizer_lr": ("number", None),    # Adam's step size (default 1e-3)
+    "momentum": ("number", None),        # momentum's beta, Adam's beta_1 (default 0.9)
+    "beta2": ("number", None),           # Adam's beta_2 (default 0.999)
 }
 SOLVER = {
     "method": ("str", "dopri5"),        # integrator (dendrite_sim.dynamics.integrators.METHODS)
@@ -673,6 +677,7 @@ def _check_values(cfg: dict) -> None:
         raise ConfigError(f"training.mode must be one of {list(MODES)}; got {tr['mode']!r}")
     build_integrator(cfg)
     build_equilibrium_solver(cfg)
+    build_update_rule(cfg)
     from dendrite_sim.dynamics.teaching import LOSSES
     if tr["loss"] not in LOSSES:
         raise ConfigError(f"training.loss must be one of {list(LOSSES)}; got {tr['loss']!r}")
@@ -760,6 +765,9 @@ UNSET_MEANS = {
     "training.max_eval": "evaluate on every example",
     "training.diagnostics_every": "diagnostics at every evaluation",
     "training.probe_size": "probe batch of batch_size examples",
+    "training.optimizer_lr": "Adam's default 1e-3; used by adam only",
+    "training.momentum": "0.9; used by momentum and adam only",
+    "training.beta2": "Adam's default 0.999; used by adam only",
     "solver.step_size": "adaptive steps; fixed-step methods need it",
     "solver.tol": "the dtype's default residual tolerance",
     "solver.rate_tol": "the equilibrium solver's default",
@@ -873,6 +881,30 @@ def build_integrator(cfg: dict):
         message = str(err)
         key = next((k for k in INTEGRATOR_KEYS if message.startswith(k)), None)
         raise ConfigError(f"solver.{message}" if key else f"[solver]: {message}") from None
+
+
+#: ``[training]`` keys of the update rule -> its keyword arguments
+OPTIMIZER_KEYS = {"optimizer_lr": "lr", "momentum": "momentum", "beta2": "beta2"}
+
+
+def build_update_rule(cfg: dict):
+    """The :class:`~dendrite_sim.learning.optimizers.UpdateRule` of ``training.optimizer``
+    with its settings, validated; a bad value is a ``ConfigError`` naming the key."""
+    from dendrite_sim.learning.optimizers import make_update_rule
+    tr = cfg["training"]
+    given = {key: tr[key] for key in OPTIMIZER_KEYS if tr.get(key) is not None}
+    try:
+        return make_update_rule(tr["optimizer"], **{OPTIMIZER_KEYS[k]: v for k, v in given.items()})
+    except ValueError as err:
+        message = str(err)
+        for key, arg in OPTIMIZER_KEYS.items():
+            if message.startswith(f"{arg} "):
+                raise ConfigError(f"training.{key}{message[len(arg):]}") from None
+        if message.startswith(f"optimizer {tr['optimizer']!r} takes"):
+            raise ConfigError(f"training.optimizer = {tr['optimizer']!r} takes none of "
+                              f"{sorted(given)} of [training] (its settings: "
+                              f"{message.split('settings ')[1].split(';')[0]})") from None
+        raise ConfigError(f"training.{message}") from None
 
 
 EQUILIBRIUM_KEYS = {"equilibrium": "method", "tol": "tol", "rate_tol": "rate_tol",

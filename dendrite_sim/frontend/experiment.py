@@ -39,6 +39,7 @@ from pathlib import Path
 from dendrite_sim.errors import NumericalError
 from dendrite_sim.frontend.config import (ConfigError, apply_overrides, build_data,
                                           build_learner, build_model, build_schedule,
+                                          build_update_rule,
                                           dumps_toml, load_config, resolve_source,
                                           unset_keys, validate_config)
 
@@ -420,7 +421,8 @@ def _train_all(run: Path, cfg: dict, origin: str, resume: bool, overwrite: bool,
         reporter.say(f"training {name} ..." if not sub else
                      f"training the {name} baseline (same data, initial weights and batches)")
         try:
-            histories[name] = train(learner, data, out_dir=run / sub if sub else run, **common)
+            histories[name] = train(learner, data, out_dir=run / sub if sub else run,
+                                    optimizer=build_update_rule(cfg), **common)
         except NumericalError as err:
             draw()        # the figures of what finished
             role = f"baseline {name!r}" if sub else f"learner {name!r}"

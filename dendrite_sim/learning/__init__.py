@@ -10,6 +10,7 @@ Learners
 Every learner follows one protocol::
 
     info = learner.step(x, y)      # one mini-batch update; returns a dict (sim_time, nfev, ...)
+    learner.step(x, y, optimizer=Adam(lr=1e-3))   # the proposed change through an update rule
     out = learner.predict(x)       # (B, n_L) network output
     value = learner.loss(x, y)     # mean loss over the batch
     learner.params                 # {"W": [...], "b": [...], ...} (list index i-1 = layer i)
@@ -27,6 +28,10 @@ output units, averaged over the batch: ``cross_entropy`` (labels become one-hot)
 * :class:`BackpropLearner` is the baseline: the same architecture (``model.pathways``), the
   same initial ``W, b`` (copied), the output ``f_L(...f_1(x))`` of the forward pass, trained by
   plain SGD on the same batch-mean loss with autograd.
+
+Update rules (:mod:`~dendrite_sim.learning.optimizers`: ``SGD``, ``Momentum``, ``Adam``) turn
+any learner's proposed change into the step it takes: ``train(..., optimizer="adam")``, the
+same rule (a fresh one, with its own state) for the learner and its baselines.
 
 Diagnostics (docs/design.md)
 ---------------------
@@ -79,10 +84,12 @@ from .learners.backprop import BackpropLearner, backprop_gradient, forward_layer
 from .learners.base import Learner, loss_target
 from .learners.dendritic import DendriticLearner
 from .loop import train
+from .optimizers import SGD, Adam, Momentum, UpdateRule
 from .presentation import MODES, Frozen, Presentation, frozen_variables, present
 from .schedule import Phase, Schedule
 
 __all__ = ["present", "Presentation", "Frozen", "frozen_variables", "MODES", "Phase",
            "Schedule", "Learner", "DendriticLearner", "BackpropLearner", "train", "History",
            "layer_diagnostics", "backprop_gradient", "gauss_newton_direction",
-           "forward_layers", "loss_target", "LAYER_DIAGNOSTICS", "SCALAR_DIAGNOSTICS"]
+           "forward_layers", "loss_target", "LAYER_DIAGNOSTICS", "SCALAR_DIAGNOSTICS",
+           "UpdateRule", "SGD", "Momentum", "Adam"]

@@ -15,6 +15,7 @@ from .diagnostics import layer_diagnostics
 from .files import atomic_write, remove_temporaries
 from .history import History, _empty_records, _write_json
 from .learners.dendritic import DendriticLearner
+from .optimizers import SGD, make_update_rule
 
 
 FILES = ("trajectory.npz", "summary.json", "checkpoint.pt")
@@ -96,7 +97,7 @@ def _check_data(data, learner):
 
 def train(learner, data, *, epochs, batch_size=32, eval_every=1, seed=0, out_dir=None,
           resume=False, progress=True, diagnostics_every=None, max_eval=None, probe_size=None,
-          n_eig=4, overwrite=False, lr_decay=1.0) -> History:
+          n_eig=4, overwrite=False, lr_decay=1.0, optimizer=None) -> History:
     """Train ``learner`` on ``data`` with seeded shuffled mini-batches; return the History.
 
     Parameters
@@ -126,6 +127,10 @@ def train(learner, data, *, epochs, batch_size=32, eval_every=1, seed=0, out_dir
         (``Learner.step(..., scale=)``): an exponential step-size schedule, the same for every
         learner, that depends on the epoch only (so an extended run continues it). With
         ``lr_decay < 1`` the learner's ``step`` must accept ``scale`` (``Learner.step`` does).
+    optimizer : the update rule that turns each proposed change into the step taken:
+        ``None`` or ``"sgd"`` (as proposed), ``"momentum"``, ``"adam"`` (with their default
+        settings) or an :class:`~dendrite_sim.learning.optimizers.UpdateRule` instance such as
+        ``Adam(lr=1e-3)``; its state is checkpointed with the learner.
     """
     if not hasattr(learner, "step"):
         learner = DendriticLearner(learner)
@@ -138,6 +143,8 @@ def train(learner, data, *, epochs, batch_size=32, eval_every=1, seed=0, out_dir
         max_eval = _check_int("max_eval", max_eval)
     n_eig = _check_int("n_eig", n_eig, low=0)
     lr_decay = check_range("lr_decay", lr_decay, low=0.0, low_open=True, high=1.0)
+    rule = make_update_rule(optimizer)
+    rule = None if isinstance(rule, SGD) else rule
     _check_data(data, learner)
 
     x_tr, y_tr, x_te, y_te = data.tensors(dtype=learner.dtype, device=learner.device)
@@ -167,6 +174,8 @@ def train(learner, data, *, epochs, batch_size=32, eval_every=1, seed=0, out_dir
               "dtype": str(learner.dtype)}
     if lr_decay != 1.0:
         config["lr_decay"] = lr_decay
+    if rule is not None:
+        config["optimizer"] = rule.config()
     depth = len(learner.sizes) - 1
 
     out = None if out_dir is None else Path(out_dir)
@@ -185,6 +194,8 @@ def train(learner, data, *, epochs, batch_size=32, eval_every=1, seed=0, out_dir
             ckpt = _load_checkpoint(ckpt_path)
             _check_resume_config(ckpt["config"], config)
             learner.load_state_dict(ckpt["learner"])
+            if rule is not None:
+                rule.load_state_dict(ckpt["optimizer"])
             gen.set_state(ckpt["rng"])
             state = {k: ckpt[k] for k in state}
             resumed = True
@@ -245,6 +256,8 @@ def train(learner, data, *, epochs, batch_size=32, eval_every=1, seed=0, out_dir
         state["wall_time"] = wall()
         payload = {k: state[k] for k in state}
         payload.update(learner=learner.state_dict(), rng=gen.get_state(), config=config)
+        if rule is not None:
+            payload["optimizer"] = rule.state_dict()
         atomic_write(ckpt_path, lambda f: torch.save(payload, f))
         saved["step"] = state["step"]
         write_views(done)
@@ -268,7 +281,7 @@ def train(learner, data, *, epochs, batch_size=32, eval_every=1, seed=0, out_dir
                 if diag_now:
                     _diagnostics_or_cause(sample_diagnostics, learner, xp, yp)
                 t0 = time.perf_counter()
-                info = _step(learner, x_tr[idx], y_tr[idx], lr_decay ** state["epoch"])
+                info = _step(learner, x_tr[idx], y_tr[idx], lr_decay ** state["epoch"], rule)
             except NumericalError as err:
                 raise NumericalError(f"{err} [batch {state['step'] + 1} of {total}, epoch "
                                      f"{state['step'] / per_epoch:.2f}, simulated time "
@@ -301,12 +314,14 @@ def train(learner, data, *, epochs, batch_size=32, eval_every=1, seed=0, out_dir
     return History.from_records(records, depth, config)
 
 
-def _step(learner, x, y, scale: float) -> dict:
-    """``learner.step`` on one batch; the step-size ``scale`` is passed only when it is not 1,
-    so a learner whose ``step(x, y)`` takes no ``scale`` still trains without ``lr_decay``."""
-    if scale == 1.0:
-        return learner.step(x, y)
-    return learner.step(x, y, scale=scale)
+def _step(learner, x, y, scale: float, rule) -> dict:
+    """``learner.step`` on one batch; the step-size ``scale`` and the update ``rule`` are
+    passed only when they are not 1 and plain SGD, so a learner whose ``step(x, y)`` takes
+    neither still trains without ``lr_decay`` and ``optimizer``."""
+    extra = {} if scale == 1.0 else {"scale": scale}
+    if rule is not None:
+        extra["optimizer"] = rule
+    return learner.step(x, y, **extra)
 
 
 def _diagnostics_or_cause(sample, learner, x, y) -> None:

@@ -116,9 +116,13 @@ def _difference(new: dict, old: dict) -> dict:
     return {n: [None if a is None else (a - b) for a, b in zip(new[n], old[n])] for n in old}
 
 
-def _scaled_change(new: dict, old: dict, scale: float) -> dict:
-    """``old + scale (new - old)`` for every parameter of ``new``."""
-    return {n: [p if p is None else o + scale * (p - o) for p, o in zip(new[n], old[n])]
+def _taken_step(new: dict, old: dict, scale: float, optimizer) -> dict:
+    """``old + scale rule(new - old)`` for every parameter of ``new`` (``rule``: the update
+    rule ``optimizer`` of :mod:`dendrite_sim.learning.optimizers`, or none)."""
+    delta = {n: [None if p is None else p - o for p, o in zip(new[n], old[n])] for n in new}
+    if optimizer is not None:
+        delta = optimizer(delta)
+    return {n: [p if d is None else o + scale * d for p, o, d in zip(new[n], old[n], delta[n])]
             for n in new}
 
 
@@ -172,13 +176,15 @@ class Learner:
         n = x.shape[0]
         return total / n, (correct / n if classify else float("nan"))
 
-    def step(self, x, y, scale: float = 1.0) -> dict:
+    def step(self, x, y, scale: float = 1.0, optimizer=None) -> dict:
         """One update on the mini-batch ``(x, y)``; returns ``info`` with ``sim_time``,
-        ``nfev`` and ``dW_norm`` (per layer ``||Delta (W_i, b_i)||``).
+        ``nfev`` and ``dW_norm`` (per layer ``||Delta (W_i, b_i)||`` of the step taken).
 
-        ``scale`` multiplies the proposed change of every parameter (a step-size schedule,
-        ``train(..., lr_decay=)``): for the quasi-static and discrete rules, whose change is
-        proportional to their learning rates, the same as scaling every rate.
+        ``optimizer`` (an :class:`~dendrite_sim.learning.optimizers.UpdateRule`, e.g.
+        ``Adam``; none: plain SGD) turns the proposed change into the step, and ``scale``
+        multiplies that step (a step-size schedule, ``train(..., lr_decay=)``): for the
+        quasi-static and discrete rules under SGD, whose change is proportional to their
+        learning rates, the same as scaling every rate.
 
         An update that leaves a parameter non-finite, or grown :attr:`runaway` times its norm
         when training began (:attr:`start_norms`, taken at the first step), is not applied:
@@ -200,8 +206,8 @@ class Learner:
                                      "'skip' skips such batches)")
             info.update(skipped=True, dW_norm=[0.0] * (len(self.sizes) - 1))
             return info
-        if scale != 1.0:
-            new = _scaled_change(new, self.params, scale)
+        if scale != 1.0 or optimizer is not None:
+            new = _taken_step(new, self.params, scale, optimizer)
         _check_update(new, self.params, self.start_norms, self.runaway)
         self.commit(new)
         delta = _layer_vectors(_difference(new, old), len(self.sizes) - 1)
