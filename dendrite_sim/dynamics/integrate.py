@@ -72,7 +72,8 @@ class Trajectory:
         return self.y[-1]
 
 
-#: the flat decay vectors of coupled states, by the neural decay and the state's sizes
+#: the flat decay vectors of coupled states, by the neural decay tensor (kept alive with its
+#: entry, so its ``id`` is not reused) and the state's sizes
 _FLAT_DECAY: dict = {}
 
 
@@ -127,14 +128,15 @@ class _Field(torch.nn.Module):
         k = torch.as_tensor(k, dtype=self.model.dtype, device=self.model.device)
         if not self.plastic_names:
             return k
-        key = (tuple(k.flatten().tolist()), tuple(k.shape), tuple(self.sizes), k.dtype,
-               str(k.device))
-        if key not in _FLAT_DECAY:            # the same tensor for every presentation
+        key = (id(k), tuple(self.sizes))
+        hit = _FLAT_DECAY.get(key)
+        if hit is None or hit[0] is not k:    # kept: the same tensor for every presentation
             if len(_FLAT_DECAY) >= 16:
                 _FLAT_DECAY.pop(next(iter(_FLAT_DECAY)))
             neural = k.expand(self.shapes[0]).reshape(-1)
-            _FLAT_DECAY[key] = torch.cat([neural, neural.new_zeros(sum(self.sizes[1:]))])
-        return _FLAT_DECAY[key]
+            hit = _FLAT_DECAY[key] = (k, torch.cat([neural,
+                                                    neural.new_zeros(sum(self.sizes[1:]))]))
+        return hit[1]
 
     def subset(self, index):
         """The field of the examples ``index`` of the batch (no plastic parameters)."""
@@ -197,13 +199,14 @@ def _plastic_slots(params, names):
     return [(n, k) for n in names for k, p in enumerate(params.get(n) or []) if p is not None]
 
 
-def _check_finite(y, t_end, max_abs):
-    y = y.detach()
-    bad = ~torch.isfinite(y)
-    if bool(bad.any()):
+def _check_finite(tensors, t_end, max_abs):
+    """The largest ``|entry|`` of ``tensors`` (NaN where one is NaN) is finite and at most
+    ``max_abs``."""
+    peaks = [torch.linalg.vector_norm(v.detach(), math.inf) for v in tensors if v.numel()]
+    peak = float(torch.stack(peaks).max()) if peaks else 0.0
+    if not math.isfinite(peak):
         raise NumericalError(f"integration produced NaN/inf by t = {float(t_end):.6g} "
                              "(a state left the domain of an inverse transfer, or blew up)")
-    peak = float(y.abs().max()) if y.numel() else 0.0
     if peak > max_abs:
         raise NumericalError(f"integration blew up: |state| reached {peak:.3g} > max_abs="
                              f"{max_abs:.3g} by t = {float(t_end):.6g}")
@@ -215,6 +218,8 @@ def _segments(t: torch.Tensor, breakpoints):
     Returns the closed segments and, for their concatenation (each segment after the first
     without its first point), a mask of the points that were requested in ``t``.
     """
+    if not breakpoints:
+        return [t], torch.ones_like(t, dtype=torch.bool)
     bps = t.new_tensor([float(b) for b in breakpoints])
     cuts = torch.unique(bps[(bps > t[0]) & (bps < t[-1])])
     edges = torch.cat([t[:1], cuts, t[-1:]])
@@ -257,9 +262,8 @@ def integrate_drive(model, drive: Drive, t, y0, params, *, method="dopri5", rtol
         func = _Field(model, seg_drive, current, names, reprepare=adjoint or bool(names),
                       y_shape=y.shape)
         ys, current, used = _integrate_segment(func, y, seg, integ, adjoint, current)
-        _check_finite(torch.cat([ys[-1].flatten()] + [current[n][i].flatten() for n, i
-                                                      in func.slots]),
-                      seg[-1], integ.max_abs)
+        _check_finite([ys[-1]] + [current[n][i] for n, i in func.slots], seg[-1],
+                      integ.max_abs)
         outputs.append(ys if k == 0 else ys[1:])
         y, nfev = ys[-1], nfev + used
     return torch.cat(outputs)[requested], (current if names else None), nfev
@@ -433,7 +437,7 @@ def relax(model: NetworkModel, x, target=None, *, tol, t_max, integrator=None, y
                                atol=integ.atol, max_steps=integ.budget, settle_tol=float(tol),
                                **_control(integ.options))
     y = sol.ys[-1]
-    _check_finite(y, t_max, integ.max_abs)
+    _check_finite([y], t_max, integ.max_abs)
     settled = model.field(t[-1], y, drive, prepared).abs().amax(1) < tol
     return Relaxation(y, sol.stop_times, settled, sol.nfev)
 

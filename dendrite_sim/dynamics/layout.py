@@ -55,6 +55,7 @@ class Layout:
         self._widths = [b.size for b in blocks]
         self.size = start
         self._by_name = {b.name: b for b in blocks}
+        self._columns: dict = {}          # columns() of plain-number values, by those values
 
     def __getitem__(self, name: str) -> Block:
         return self._by_name[name]
@@ -74,7 +75,18 @@ class Layout:
     def columns(self, values: dict, dtype, device) -> torch.Tensor:
         """Per column of the state, the value of its variable (``0`` for a variable not in
         ``values``): ``(N,)``, or ``(B, N)`` where a value is a ``(B, 1)`` tensor (e.g. a gate
-        given per example)."""
+        given per example). Plain-number values give the same tensor at every call (kept:
+        the exponential integrators key their coefficients on it); do not modify it."""
+        if all(isinstance(v, (int, float)) for v in values.values()):
+            key = (tuple(sorted(values.items())), dtype, str(device))
+            if key not in self._columns:
+                if len(self._columns) >= 16:
+                    self._columns.pop(next(iter(self._columns)))
+                self._columns[key] = self._spread(values, dtype, device)
+            return self._columns[key]
+        return self._spread(values, dtype, device)
+
+    def _spread(self, values: dict, dtype, device) -> torch.Tensor:
         kw = dict(dtype=dtype, device=device)
         blocks = [torch.as_tensor(values.get(v, 0.0), **kw) * torch.ones(sum(widths), **kw)
                   for v, widths in self.variables.items()]
