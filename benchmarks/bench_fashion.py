@@ -4,7 +4,8 @@ the same run, and the accuracy after the bounded training done here.
 
 Meulemans et al. 2021 (DFC) report 88.7 % test accuracy for DFC and 89.4 % for backprop on
 this architecture after full training; this script trains on a subset for a bounded time
-(the full runs: ``dendrite-sim run fashion_two_phase`` / ``fashion_mixture``).
+(the full runs: ``dendrite-sim run multiplexing_fashion`` / ``fashion_two_phase`` /
+``fashion_mixture``).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_fashion.py [--n-train 512] [--n-test 1000]
 
@@ -21,7 +22,7 @@ from pathlib import Path
 from dendrite_sim.frontend.config import load_config
 from dendrite_sim.frontend.experiment import run_experiment
 
-CONFIGS = ("fashion_two_phase", "fashion_mixture")
+CONFIGS = ("multiplexing_fashion", "fashion_two_phase", "fashion_mixture")
 
 
 def measure(name: str, n_train: int, n_test: int, epochs: int, out: Path) -> dict:
