@@ -72,8 +72,8 @@ class Trajectory:
         return self.y[-1]
 
 
-#: the flat decay vectors of coupled states, by the neural decay tensor (kept alive with its
-#: entry, so its ``id`` is not reused) and the state's sizes
+#: the flat decay vectors of coupled states, by the neural decay tensor and the state's sizes
+#: (:func:`~dendrite_sim.dynamics.rk.kept_for`)
 _FLAT_DECAY: dict = {}
 
 
@@ -128,15 +128,12 @@ class _Field(torch.nn.Module):
         k = torch.as_tensor(k, dtype=self.model.dtype, device=self.model.device)
         if not self.plastic_names:
             return k
-        key = (id(k), tuple(self.sizes))
-        hit = _FLAT_DECAY.get(key)
-        if hit is None or hit[0] is not k:    # kept: the same tensor for every presentation
-            if len(_FLAT_DECAY) >= 16:
-                _FLAT_DECAY.pop(next(iter(_FLAT_DECAY)))
+
+        def flat():
             neural = k.expand(self.shapes[0]).reshape(-1)
-            hit = _FLAT_DECAY[key] = (k, torch.cat([neural,
-                                                    neural.new_zeros(sum(self.sizes[1:]))]))
-        return hit[1]
+            return torch.cat([neural, neural.new_zeros(sum(self.sizes[1:]))])
+
+        return rk.kept_for(_FLAT_DECAY, k, tuple(self.sizes), flat)
 
     def subset(self, index):
         """The field of the examples ``index`` of the batch (no plastic parameters)."""

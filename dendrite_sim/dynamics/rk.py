@@ -362,19 +362,26 @@ class _Exponential:
          self.w_c) = table[:, where]
 
 
+def kept_for(cache: dict, tensor: torch.Tensor, extra, build):
+    """``build()``, kept in ``cache`` for this very ``tensor`` and ``extra`` (the entry holds
+    the tensor, so its ``id`` is not reused while the entry lives); the oldest of 16 entries
+    makes room. For values derived from a tensor that the engine passes again and again (a
+    phase's decay rates, the same for every presentation)."""
+    key = (id(tensor), extra)
+    hit = cache.get(key)
+    if hit is None or hit[0] is not tensor:
+        if len(cache) >= 16:
+            cache.pop(next(iter(cache)))
+        hit = cache[key] = (tensor, build())
+    return hit[1]
+
+
 _COEFFICIENTS: dict = {}
 
 
 def _exponential_coefficients(decay: torch.Tensor, h: float, dtype) -> _Exponential:
-    """:class:`_Exponential` of ``(decay, h)``, kept for the last few ``decay`` tensors (the
-    engine passes the same tensor for every presentation of a phase)."""
-    key = (id(decay), h, dtype)
-    hit = _COEFFICIENTS.get(key)
-    if hit is None or hit[0] is not decay:
-        if len(_COEFFICIENTS) >= 16:
-            _COEFFICIENTS.pop(next(iter(_COEFFICIENTS)))
-        hit = _COEFFICIENTS[key] = (decay, _Exponential(decay, h, dtype))
-    return hit[1]
+    """:class:`_Exponential` of ``(decay, h)``, kept for the last few ``decay`` tensors."""
+    return kept_for(_COEFFICIENTS, decay, (h, dtype), lambda: _Exponential(decay, h, dtype))
 
 
 def _etd1(func, t, y, h, k, c):
