@@ -72,17 +72,13 @@ class Trajectory:
         return self.y[-1]
 
 
-#: the flat decay vectors of coupled states, by the neural decay tensor and the state's sizes
-#: (:func:`~dendrite_sim.dynamics.rk.kept_for`)
-_FLAT_DECAY: dict = {}
-
-
 class _Field(torch.nn.Module):
     """``odeint``'s callable; a Module so the adjoint method can find parameters.
 
-    With plastic parameters the ODE state is one flat vector: the neural state ``(B, N)``
-    followed by each integrated parameter's displacement from its value at the segment start
-    (:meth:`pack`, :meth:`unpack`).
+    With plastic parameters the ODE state holds the neural state ``(B, N)`` and the flat
+    displacement of the integrated parameters from their values at the segment start: as
+    one flat vector for the plain methods (:meth:`forward`, :meth:`pack`), as two lanes for
+    the exponential ones (:meth:`lanes`).
     """
 
     def __init__(self, model, drive, params, plastic_names, reprepare, y_shape):
@@ -96,7 +92,7 @@ class _Field(torch.nn.Module):
         self.sizes = [math.prod(shape) for shape in self.shapes]
         # the integrated parameters' starting values as one vector: the parameters at a state
         # are one addition into views (:meth:`_params_of`)
-        self._start_flat = torch.cat([p.reshape(-1) for p in self.start]) if self.start \
+        self.start_flat = torch.cat([p.reshape(-1) for p in self.start]) if self.start \
             else None
         self._current = None      # (flat buffer, parameters viewing it), made on first use
         # with the adjoint method, autograd re-enters the field: prepare inside each call
@@ -111,29 +107,36 @@ class _Field(torch.nn.Module):
             prepared = self._prepared or self.model.prepare(self.params)
             return self.model.field(t, state, self.drive, prepared)
         n_y = self.sizes[0]
-        dy, rates = self.model.field_and_plasticity(t, state[:n_y].view(self.shapes[0]),
-                                                    self.drive, self._params_of(state[n_y:]))
-        # a rule switched off (rate None) is integrated as zero
-        return self.pack([dy] + [zero if rates[n][k] is None else rates[n][k]
-                                 for (n, k), zero in zip(self.slots, self.zeros)])
+        return self.pack(self._with_plasticity(t, state[:n_y].view(self.shapes[0]),
+                                               state[n_y:]))
 
-    def decay(self, t) -> torch.Tensor:
-        """``k`` of the model's linear decay (``linear_decay``) over this field's state: the
-        neural state's rates, then 0 for each integrated parameter's displacement."""
+    def lanes(self, t, state):
+        """The field of the coupled state as two lanes ``(y, displacement)`` (the neural state
+        ``(B, N)`` and the flat displacement of the integrated parameters; the exponential
+        methods step them apart): ``(dy/dt, d displacement/dt)``."""
+        object.__setattr__(self, "nfev", self.nfev + 1)
+        object.__setattr__(self, "last_t", t)
+        dy, *rates = self._with_plasticity(t, *state)
+        return dy, self.pack(rates)
+
+    def _with_plasticity(self, t, y, displacement) -> list:
+        """``[dy/dt, *rates of the integrated parameters]``; a rule switched off (rate
+        ``None``) is integrated as zero."""
+        dy, rates = self.model.field_and_plasticity(t, y, self.drive,
+                                                    self._params_of(displacement))
+        return [dy] + [zero if rates[n][k] is None else rates[n][k]
+                       for (n, k), zero in zip(self.slots, self.zeros)]
+
+    def decay(self, t):
+        """``k`` of the model's linear decay (``linear_decay``): the neural state's rates; with
+        integrated parameters the lanes' ``(rates, 0)`` (:meth:`lanes`)."""
         k = self.model.linear_decay(t, self.drive)
         if k is None:
             raise ValueError(f"the exponential methods need the model's linear decay, but "
                              f"{type(self.model).__name__} declares none (linear_decay); use "
                              "a plain method (heun3, rk4, dopri5, ...)")
         k = torch.as_tensor(k, dtype=self.model.dtype, device=self.model.device)
-        if not self.plastic_names:
-            return k
-
-        def flat():
-            neural = k.expand(self.shapes[0]).reshape(-1)
-            return torch.cat([neural, neural.new_zeros(sum(self.sizes[1:]))])
-
-        return rk.kept_for(_FLAT_DECAY, k, tuple(self.sizes), flat)
+        return (k, 0) if self.plastic_names else k
 
     def subset(self, index):
         """The field of the examples ``index`` of the batch (no plastic parameters)."""
@@ -145,38 +148,28 @@ class _Field(torch.nn.Module):
         return lambda t, y: self.model.field(t, y, drive, prepared)
 
     def pack(self, tensors) -> torch.Tensor:
+        """``tensors`` flattened into one vector (empty without any)."""
+        if not tensors:
+            return torch.zeros(0, dtype=self.model.dtype, device=self.model.device)
         return torch.cat([v.reshape(-1) for v in tensors])
 
-    def unpack(self, flat: torch.Tensor) -> list:
-        """``[y, *displacements]``, views of ``flat`` (leading dimensions kept)."""
-        lead = flat.shape[:-1]
-        return [piece.view(lead + shape) for piece, shape
-                in zip(torch.split(flat, self.sizes, dim=-1), self.shapes)]
-
-    def params_at(self, displacements) -> dict:
-        """The parameters, the integrated ones at ``start + displacement``."""
-        out = {n: list(v) if isinstance(v, list) else v for n, v in self.params.items()}
-        for (n, k), p, d in zip(self.slots, self.start, displacements):
-            out[n][k] = p + d
-        return out
-
     def _params_of(self, displacement: torch.Tensor) -> dict:
-        """:meth:`params_at` of the flat displacement of all integrated parameters: one
+        """The parameters, the integrated ones at ``start + displacement`` (flat): one
         addition for all of them. Where autograd records nothing it is written into one
         buffer that the returned parameters view (the same dict at every call: valid until
         the next one); else into a new tensor."""
         if not self.slots:
             return self.params
         if torch.is_grad_enabled() and (displacement.requires_grad
-                                        or self._start_flat.requires_grad):
-            return self._viewing(self._start_flat + displacement)
+                                        or self.start_flat.requires_grad):
+            return self.viewing(self.start_flat + displacement)
         if self._current is None:
-            flat = torch.empty_like(self._start_flat)
-            self._current = (flat, self._viewing(flat))
-        torch.add(self._start_flat, displacement, out=self._current[0])
+            flat = torch.empty_like(self.start_flat)
+            self._current = (flat, self.viewing(flat))
+        torch.add(self.start_flat, displacement, out=self._current[0])
         return self._current[1]
 
-    def _viewing(self, flat: torch.Tensor) -> dict:
+    def viewing(self, flat: torch.Tensor) -> dict:
         """The parameters with the integrated ones replaced by views of ``flat``."""
         out = {n: list(v) if isinstance(v, list) else v for n, v in self.params.items()}
         for (n, k), p, shape in zip(self.slots, torch.split(flat, self.sizes[1:]),
@@ -258,16 +251,50 @@ def integrate_drive(model, drive: Drive, t, y0, params, *, method="dopri5", rtol
             y = model.jump(seg[0], y, seg_drive, model.prepare(current))
         func = _Field(model, seg_drive, current, names, reprepare=adjoint or bool(names),
                       y_shape=y.shape)
-        ys, current, used = _integrate_segment(func, y, seg, integ, adjoint, current)
-        _check_finite([ys[-1]] + [current[n][i] for n, i in func.slots], seg[-1],
-                      integ.max_abs)
+        ys, current, used, integrated = _integrate_segment(func, y, seg, integ, adjoint,
+                                                           current)
+        _check_finite([ys[-1], *integrated], seg[-1], integ.max_abs)
         outputs.append(ys if k == 0 else ys[1:])
         y, nfev = ys[-1], nfev + used
     return torch.cat(outputs)[requested], (current if names else None), nfev
 
 
 def _integrate_segment(func, y, seg, integ, adjoint, params):
-    """One segment: ``(ys (T, B, N), params at its end, nfev)``."""
+    """One segment: ``(ys (T, B, N), params at its end, nfev, [the integrated parameters'
+    final values, flat]`` (empty without them))."""
+    try:
+        if integ.backend.exponential:
+            ys, displacement, nfev = _exponential(func, y, seg, integ)
+        else:
+            ys, displacement, nfev = _runge_kutta(func, y, seg, integ, adjoint, params)
+    except NumericalError as err:
+        raise NumericalError(f"{err} (integrating [{float(seg[0]):.6g}, "
+                             f"{float(seg[-1]):.6g}])") from None
+    nfev = func.nfev if nfev is None else nfev
+    if not func.slots:
+        return ys, params, nfev, []
+    final = func.start_flat + displacement[-1]
+    return ys, func.viewing(final), nfev, [final]
+
+
+def _exponential(func, y, seg, integ):
+    """An exponential method: the neural state alone, or with integrated parameters the two
+    lanes of :meth:`_Field.lanes`. ``(ys, displacements (T, P) or None, nfev)``."""
+    middle = 0.5 * (float(seg[0]) + float(seg[-1]))
+    options = dict(step_size=integ.steps_option, max_steps=integ.budget)
+    if not func.plastic_names:
+        solution = rk.solve_exponential(func.forward, y, seg, integ.backend.solver,
+                                        func.decay(middle), **options)
+        return solution.ys, None, solution.nfev
+    solution = rk.solve_exponential(func.lanes, (y, func.pack(func.zeros)), seg,
+                                    integ.backend.solver, func.decay(middle), **options)
+    return (*solution.ys, solution.nfev)
+
+
+def _runge_kutta(func, y, seg, integ, adjoint, params):
+    """A plain method (lean, or torchdiffeq's and every adjoint) on one flat state with the
+    integrated parameters' displacements from the segment's start. ``(ys, displacements
+    (T, P) or None, nfev)``; ``nfev`` ``None`` where the field counted them."""
     state, tol, norm = y, integ.atol, None
     if func.plastic_names:       # displacements from the segment's starting weights
         state = func.pack([y] + func.zeros)
@@ -275,36 +302,24 @@ def _integrate_segment(func, y, seg, integ, adjoint, params):
         if not adjoint:          # the adjoint's augmented state takes scalar tolerances
             tol = func.pack([torch.full_like(y, integ.atol)]
                             + [integ.atol + integ.rtol * p.detach().abs() for p in func.start])
-    try:
-        if adjoint or integ.backend.engine == "torchdiffeq":
-            sol, nfev = _torchdiffeq(func, state, seg, integ, tol, norm, adjoint, params), None
-        elif integ.backend.exponential:
-            middle = 0.5 * (float(seg[0]) + float(seg[-1]))
-            solution = rk.solve_exponential(func.forward, state, seg, integ.backend.solver,
-                                            func.decay(middle), step_size=integ.steps_option,
-                                            max_steps=integ.budget)
-            sol, nfev = solution.ys, solution.nfev
-        elif integ.per_example:
-            solution = rk.solve_per_example(func.subset, state, seg, TABLEAUX[integ.method],
-                                            rtol=integ.rtol, atol=tol, max_steps=integ.budget,
-                                            **_control(integ.options))
-            sol, nfev = solution.ys, solution.nfev
-        else:
-            solution = rk.solve(func.forward, state, seg, TABLEAUX[integ.backend.solver],
-                                rtol=integ.rtol, atol=tol, norm=(integ.options or {}).get(
-                                    "norm", norm), step_size=integ.steps_option,
-                                max_steps=integ.budget, first_step=(integ.options or {}).get(
-                                    "first_step"), **_control(integ.options))
-            sol, nfev = solution.ys, solution.nfev
-    except NumericalError as err:
-        raise NumericalError(f"{err} (integrating [{float(seg[0]):.6g}, "
-                             f"{float(seg[-1]):.6g}])") from None
-    if func.plastic_names:
-        ys, *displacements = func.unpack(sol)
-        params = func.params_at([d[-1] for d in displacements])
+    if adjoint or integ.backend.engine == "torchdiffeq":
+        sol, nfev = _torchdiffeq(func, state, seg, integ, tol, norm, adjoint, params), None
+    elif integ.per_example:
+        solution = rk.solve_per_example(func.subset, state, seg, TABLEAUX[integ.method],
+                                        rtol=integ.rtol, atol=tol, max_steps=integ.budget,
+                                        **_control(integ.options))
+        sol, nfev = solution.ys, solution.nfev
     else:
-        ys = sol
-    return ys, params, func.nfev if nfev is None else nfev
+        solution = rk.solve(func.forward, state, seg, TABLEAUX[integ.backend.solver],
+                            rtol=integ.rtol, atol=tol, norm=(integ.options or {}).get(
+                                "norm", norm), step_size=integ.steps_option,
+                            max_steps=integ.budget, first_step=(integ.options or {}).get(
+                                "first_step"), **_control(integ.options))
+        sol, nfev = solution.ys, solution.nfev
+    if not func.plastic_names:
+        return sol, None, nfev
+    n_y = func.sizes[0]
+    return sol[..., :n_y].reshape(sol.shape[:-1] + func.shapes[0]), sol[..., n_y:], nfev
 
 
 def _control(options) -> dict:

@@ -347,19 +347,38 @@ def phi(j: int, z: torch.Tensor) -> torch.Tensor:
 
 class _Exponential:
     """The coefficients of the exponential methods for one step size ``h`` and the linear
-    part ``-k`` (``z = -k h``), in the state's dtype: ``e = e^z``, ``e_half = e^{z/2}``,
-    ``p_half = phi_1(z/2)``, ``p1, p2 = phi_1(z), phi_2(z)`` and ETDRK4's weights ``w_y, w_ab,
-    w_c``. The phi functions are evaluated on the distinct values of ``k`` only (a state
-    holds a few time constants) and spread over the state."""
+    part ``-k`` (``z = -k h``) of one lane of the state: ``e = e^z``, ``e_half = e^{z/2}``,
+    ``p_half = phi_1(z/2)``, ``p1, p2 = phi_1(z), phi_2(z)`` and ETDRK4's weights ``w_y,
+    w_ab, w_c``. A tensor ``k`` gives tensors in the state's dtype (the phi functions
+    evaluated on its distinct values only and spread over its shape); the number 0 gives
+    plain numbers, ``phi_j(0) = 1 / j!`` (the methods reduce to classical explicit ones:
+    Euler, Heun's trapezoid, RK4)."""
 
-    def __init__(self, decay: torch.Tensor, h: float, dtype):
+    def __init__(self, decay, h: float, dtype):
+        if _no_decay(decay):
+            (self.e, self.e_half, self.p_half, self.p1, self.p2, self.w_y, self.w_ab,
+             self.w_c) = (float(v) for v in self._table(torch.zeros(1, dtype=torch.float64),
+                                                         h)[:, 0])
+            return
         values, where = torch.unique(decay, return_inverse=True)
-        z = -values.to(torch.float64) * h
-        p1, p2, p3 = (phi(j, z) for j in (1, 2, 3))
-        table = torch.stack([phi(0, z), phi(0, z / 2), phi(1, z / 2), p1, p2,
-                             p1 - 3 * p2 + 4 * p3, 2 * (p2 - 2 * p3), 4 * p3 - p2]).to(dtype)
+        table = self._table(-values.to(torch.float64) * h, h).to(dtype)
         (self.e, self.e_half, self.p_half, self.p1, self.p2, self.w_y, self.w_ab,
          self.w_c) = table[:, where]
+
+    @staticmethod
+    def _table(z, h):
+        p1, p2, p3 = (phi(j, z) for j in (1, 2, 3))
+        return torch.stack([phi(0, z), phi(0, z / 2), phi(1, z / 2), p1, p2,
+                            p1 - 3 * p2 + 4 * p3, 2 * (p2 - 2 * p3), 4 * p3 - p2])
+
+
+def _no_decay(decay) -> bool:
+    """A lane declared without linear decay: the plain number 0."""
+    return isinstance(decay, (int, float)) and decay == 0
+
+
+#: the coefficients of a lane without decay (``z = 0``, whatever the step)
+_CLASSICAL = _Exponential(0, 1.0, torch.float64)
 
 
 def kept_for(cache: dict, tensor: torch.Tensor, extra, build):
@@ -379,22 +398,60 @@ def kept_for(cache: dict, tensor: torch.Tensor, extra, build):
 _COEFFICIENTS: dict = {}
 
 
-def _exponential_coefficients(decay: torch.Tensor, h: float, dtype) -> _Exponential:
+def _exponential_coefficients(decay, h: float, dtype) -> _Exponential:
     """:class:`_Exponential` of ``(decay, h)``, kept for the last few ``decay`` tensors."""
+    if _no_decay(decay):
+        return _CLASSICAL
     return kept_for(_COEFFICIENTS, decay, (h, dtype), lambda: _Exponential(decay, h, dtype))
+
+
+class _Lanes:
+    """The :class:`_Exponential` coefficients of the lanes of a state, by name: ``lanes.e``
+    is the tuple of each lane's ``e``."""
+
+    NAMES = ("e", "e_half", "p_half", "p1", "p2", "w_y", "w_ab", "w_c")
+
+    def __init__(self, per_lane):
+        for name in self.NAMES:
+            setattr(self, name, tuple(getattr(c, name) for c in per_lane))
+
+
+# The steps below act on a state of lanes: a list of tensors, each with its own linear decay
+# and coefficients, every operation applied lane by lane. A coefficient that is a plain number
+# (a lane without decay) costs no tensor read, and a factor 1 no operation.
+def _times(factors, y):
+    """``factor * y`` per lane."""
+    return [v if type(f) is float and f == 1.0 else f * v for f, v in zip(factors, y)]
+
+
+def _plus(base, factors, v, scale):
+    """``base + scale * factor * v`` per lane."""
+    return [torch.add(b, w, alpha=scale * f) if type(f) is float
+            else torch.addcmul(b, f, w, value=scale) for b, f, w in zip(base, factors, v)]
+
+
+def _plus_(base, factors, v, scale):
+    """:func:`_plus` into ``base``."""
+    return [b.add_(w, alpha=scale * f) if type(f) is float else b.addcmul_(f, w, value=scale)
+            for b, f, w in zip(base, factors, v)]
+
+
+def _combine(u, v, alpha):
+    """``u + alpha v`` per lane."""
+    return [torch.add(a, b, alpha=alpha) for a, b in zip(u, v)]
 
 
 def _etd1(func, t, y, h, k, c):
     """Exponential Euler: ``y1 = e^z y + h phi_1(z) N(y)``."""
-    return torch.addcmul(c.e * y, c.p1, _nonlinear(func, t, y, k), value=h)
+    return _plus(_times(c.e, y), c.p1, _nonlinear(func, t, y, k), h)
 
 
 def _etdrk2(func, t, y, h, k, c):
     """Cox & Matthews (2002) ETD2RK: ``a = e^z y + h phi_1 N(y)``, ``y1 = a + h phi_2
     (N(a) - N(y))``."""
     n_y = _nonlinear(func, t, y, k)
-    a = torch.addcmul(c.e * y, c.p1, n_y, value=h)
-    return torch.addcmul(a, c.p2, _nonlinear(func, t + h, a, k) - n_y, value=h)
+    a = _plus(_times(c.e, y), c.p1, n_y, h)
+    return _plus(a, c.p2, _combine(_nonlinear(func, t + h, a, k), n_y, -1.0), h)
 
 
 def _etdrk4(func, t, y, h, k, c):
@@ -406,30 +463,36 @@ def _etdrk4(func, t, y, h, k, c):
         y1 = e^z y + h [(phi_1 - 3 phi_2 + 4 phi_3) N(y) + 2 (phi_2 - 2 phi_3) (N(a) + N(b))
                         + (4 phi_3 - phi_2) N(c)]
 
-    (classical RK4 where ``k = 0``)."""
+    (classical RK4 where ``k = 0``). ``y1`` is accumulated as the stages come, and each
+    stage is released once used: fewer states alive at once, so the ones the allocator hands
+    out next are still in cache."""
     n_y = _nonlinear(func, t, y, k)
-    y_half = c.e_half * y
-    a = torch.addcmul(y_half, c.p_half, n_y, value=h / 2)
+    y_half = _times(c.e_half, y)
+    a = _plus(y_half, c.p_half, n_y, h / 2)
     n_a = _nonlinear(func, t + h / 2, a, k)
-    b = torch.addcmul(y_half, c.p_half, n_a, value=h / 2)
+    b = _plus(y_half, c.p_half, n_a, h / 2)
+    del y_half
+    out = _plus_(_plus(_times(c.e, y), c.w_y, n_y, h), c.w_ab, n_a, h)
+    del n_a
     n_b = _nonlinear(func, t + h / 2, b, k)
-    c_ = torch.addcmul(c.e_half * a, c.p_half, torch.sub(n_b, n_y, alpha=0.5), value=h)
-    n_c = _nonlinear(func, t + h, c_, k)
-    out = torch.addcmul(c.e * y, c.w_y, n_y, value=h)
-    out.addcmul_(c.w_ab, n_a.add_(n_b), value=h)
-    return out.addcmul_(c.w_c, n_c, value=h)
+    del b
+    out = _plus_(out, c.w_ab, n_b, h)
+    c_ = _plus(_times(c.e_half, a), c.p_half, _combine(n_b, n_y, -0.5), h)
+    del a, n_b, n_y
+    return _plus_(out, c.w_c, _nonlinear(func, t + h, c_, k), h)
 
 
 def _nonlinear(func, t, y, k):
-    """``N(y) = f(t, y) + k y``, the field without its linear decay."""
-    return torch.addcmul(func(t, y), k, y)
+    """``N(y) = f(t, y) + k y``, the field without its linear decay, per lane."""
+    return [f if type(rate) is int else torch.addcmul(f, rate, v)
+            for f, rate, v in zip(func(t, y), k, y)]
 
 
 #: the exponential Runge-Kutta methods: ``{name: (step, evaluations per step)}``
 EXPONENTIAL = {"etd1": (_etd1, 1), "etdrk2": (_etdrk2, 2), "etdrk4": (_etdrk4, 4)}
 
 
-def solve_exponential(func, y0: torch.Tensor, t, method: str, decay, *, step_size: float,
+def solve_exponential(func, y0, t, method: str, decay, *, step_size: float,
                       max_steps=10_000) -> Solution:
     """Fixed steps of the exponential Runge-Kutta ``method`` (:data:`EXPONENTIAL`) for
     ``dy/dt = func(t, y) = -k y + N(t, y)``, ``k = decay >= 0`` (broadcastable to ``y0``,
@@ -437,18 +500,31 @@ def solve_exponential(func, y0: torch.Tensor, t, method: str, decay, *, step_siz
     ``z = -k h``), so the step is bounded by the stability and accuracy of ``N`` alone, not
     by ``1 / k``. An equilibrium of ``func`` is a fixed point of every step (unlike Lawson's
     integrating-factor methods, which shift it by their quadrature error). Steps as in
-    :func:`solve`: the largest not above ``step_size`` that divide each output interval."""
+    :func:`solve`: the largest not above ``step_size`` that divide each output interval.
+
+    A state of several lanes: ``y0`` a tuple of tensors, ``decay`` a tuple with one entry per
+    lane (a tensor broadcastable to it, or the number 0 where the lane has no linear decay:
+    its coefficients are plain numbers, the classical method), ``func`` maps ``(t, lanes)`` to
+    lanes; ``Solution.ys`` is then the tuple of each lane's outputs. (The coupled state of
+    :mod:`~dendrite_sim.dynamics.integrate`: the neural state, whose decay is one row of
+    rates spread over the batch, and the weights', without decay.)"""
+    lanes = isinstance(y0, tuple)
+    y0, decay = (y0, decay) if lanes else ((y0,), (decay,))
     step, evaluations = EXPONENTIAL[method]
     grid = _fixed_grid([float(v) for v in t], step_size, max_steps)
-    k = torch.as_tensor(decay, dtype=y0.dtype, device=y0.device)
+    k = [0 if _no_decay(rate) else torch.as_tensor(rate, dtype=v.dtype, device=v.device)
+         for rate, v in zip(decay, y0)]
+    run = (lambda s, y: func(s, tuple(y))) if lanes else (lambda s, y: (func(s, y[0]),))
     ys, y = [y0], y0
     for a, h, n in grid:
-        coefficients = _exponential_coefficients(k, h, y0.dtype)
+        coefficients = _Lanes([_exponential_coefficients(rate, h, v.dtype)
+                               for rate, v in zip(k, y0)])
         for i in range(n):
-            y = step(func, a + i * h, y, h, k, coefficients)
+            y = step(run, a + i * h, y, h, k, coefficients)
         ys.append(y)
     steps = sum(n for _, _, n in grid)
-    return Solution(torch.stack(ys), steps * evaluations, steps, 0)
+    stacked = tuple(torch.stack(lane) for lane in zip(*ys))
+    return Solution(stacked if lanes else stacked[0], steps * evaluations, steps, 0)
 
 
 @torch.no_grad()
