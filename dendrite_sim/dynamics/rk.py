@@ -357,16 +357,15 @@ class _Exponential:
     def __init__(self, decay, h: float, dtype):
         if _no_decay(decay):
             (self.e, self.e_half, self.p_half, self.p1, self.p2, self.w_y, self.w_ab,
-             self.w_c) = (float(v) for v in self._table(torch.zeros(1, dtype=torch.float64),
-                                                         h)[:, 0])
+             self.w_c) = (float(v) for v in self._table(torch.zeros(1, dtype=torch.float64)))
             return
         values, where = torch.unique(decay, return_inverse=True)
-        table = self._table(-values.to(torch.float64) * h, h).to(dtype)
+        table = self._table(-values.to(torch.float64) * h).to(dtype)
         (self.e, self.e_half, self.p_half, self.p1, self.p2, self.w_y, self.w_ab,
          self.w_c) = table[:, where]
 
     @staticmethod
-    def _table(z, h):
+    def _table(z):
         p1, p2, p3 = (phi(j, z) for j in (1, 2, 3))
         return torch.stack([phi(0, z), phi(0, z / 2), phi(1, z / 2), p1, p2,
                             p1 - 3 * p2 + 4 * p3, 2 * (p2 - 2 * p3), 4 * p3 - p2])
@@ -484,7 +483,7 @@ def _etdrk4(func, t, y, h, k, c):
 
 def _nonlinear(func, t, y, k):
     """``N(y) = f(t, y) + k y``, the field without its linear decay, per lane."""
-    return [f if type(rate) is int else torch.addcmul(f, rate, v)
+    return [f if _no_decay(rate) else torch.addcmul(f, rate, v)
             for f, rate, v in zip(func(t, y), k, y)]
 
 
