@@ -99,10 +99,14 @@ class _Field(torch.nn.Module):
         self._prepared = None if reprepare else model.prepare(params)
         self.nfev, self.last_t = 0, 0.0
 
-    def forward(self, t, state):
-        # plain attribute writes: Module.__setattr__ costs as much as a small tensor operation
+    def _count(self, t):
+        """One more evaluation, at ``t`` (plain attribute writes: Module.__setattr__ costs as
+        much as a small tensor operation)."""
         object.__setattr__(self, "nfev", self.nfev + 1)
         object.__setattr__(self, "last_t", t)
+
+    def forward(self, t, state):
+        self._count(t)
         if not self.plastic_names:
             prepared = self._prepared or self.model.prepare(self.params)
             return self.model.field(t, state, self.drive, prepared)
@@ -114,8 +118,7 @@ class _Field(torch.nn.Module):
         """The field of the coupled state as two lanes ``(y, displacement)`` (the neural state
         ``(B, N)`` and the flat displacement of the integrated parameters; the exponential
         methods step them apart): ``(dy/dt, d displacement/dt)``."""
-        object.__setattr__(self, "nfev", self.nfev + 1)
-        object.__setattr__(self, "last_t", t)
+        self._count(t)
         dy, *rates = self._with_plasticity(t, *state)
         return dy, self.pack(rates)
 
