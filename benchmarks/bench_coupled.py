@@ -8,9 +8,10 @@ The configuration of ``bench_training.py``'s timing section (docs/report.md): tw
 architecture and initial weights.
 
 Both learners are timed in CPU time of this process (``time.process_time``: less sensitive
-to other processes on a shared machine than wall time), alternated, best of ``--reps``:
-backprop over a full epoch, the coupled learner over ``--coupled-batches`` batches,
-extrapolated to the epoch. Prints seconds per epoch and the ratio. About a minute::
+to other processes on a shared machine than wall time), alternated, best of ``--reps``: both
+over the same full epoch (``--coupled-batches K``: the coupled learner over the first ``K``
+batches only, extrapolated to the epoch; shorter, and noisier). Prints seconds per epoch and
+the ratio. About a minute::
 
     OMP_NUM_THREADS=1 python benchmarks/bench_coupled.py
     OMP_NUM_THREADS=1 python benchmarks/bench_coupled.py --coupled dopri5 midpoint:1
@@ -36,11 +37,12 @@ def parse(argv=None):
                    metavar="METHOD[:STEP]",
                    help="integrators of the coupled learner (a fixed-step method with its "
                         "step in tau, or an adaptive one at its default tolerances)")
-    p.add_argument("--coupled-batches", type=int, default=4)
+    p.add_argument("--coupled-batches", type=int, default=None,
+                   help="time the coupled learner over this many batches (default: the epoch)")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--rate-scale", type=float, default=2e-4)
     a = p.parse_args(argv)
-    if a.coupled_batches < 1 or a.reps < 1:
+    if (a.coupled_batches is not None and a.coupled_batches < 1) or a.reps < 1:
         p.error("--coupled-batches and --reps must be >= 1")
     return a
 
