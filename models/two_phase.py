@@ -100,11 +100,12 @@ class TwoPhaseDTP(MixingNetwork):
         """``k = trace(t) / T_z``: the trace relaxes as ``dz_i/dt = -k (z_i - h_i)``."""
         return drive.gate("trace", t) / self.trace_tau
 
-    def auxiliary_rates(self, t, parts, drive):
-        """``dz_i/dt = trace(t) (h_i - z_i) / T_z`` (trace); the field is ``dh_i/dt`` (6.1)
-        followed by these."""
+    def auxiliary_rates(self, t, parts, drive, without_decay=False):
+        """``dz_i/dt = trace(t) (h_i - z_i) / T_z`` (trace; ``without_decay``: ``trace(t) h_i /
+        T_z``); the field is ``dh_i/dt`` (6.1) followed by these."""
         rate = self._trace_rate(t, drive)
-        return {"z": [relax(rate, zi, hi) for hi, zi in zip(parts["h"], parts["z"])]}
+        return {"z": [relax(rate, zi, hi, without_decay)
+                      for hi, zi in zip(parts["h"], parts["z"])]}
 
     def auxiliary_decay(self, t, drive):
         """The trace's decay rate ``k`` of ``dz_i/dt = -k z_i + k h_i``."""

@@ -222,3 +222,46 @@ def test_coupled_simulate_with_etdrk4_reports_every_output_time():
         assert moved > 1e-3, n                                # the weights did move
         for p, q in zip(got.params[n], ref.params[n]):
             torch.testing.assert_close(p, q, rtol=0, atol=1e-3 * moved)
+
+
+@pytest.mark.parametrize("name", ["mixture", "two_phase"])
+@pytest.mark.parametrize("trace", [1.0, 0.0])
+def test_rates_without_decay_are_the_field_plus_its_linear_decay(name, trace):
+    """``field_and_plasticity(..., without_decay=True)`` of the models that declare
+    ``rates_without_decay``: the field plus ``linear_decay`` times the state (both computed by
+    the plain field), the plasticity unchanged."""
+    model = MODELS[name]()
+    assert model.rates_without_decay
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(3, 5, generator=gen, dtype=F64)
+    drive = model.drive(x, 0.2 + 0.5 * torch.rand(3, 3, generator=gen, dtype=F64),
+                        {"trace": trace})
+    y = model.initial_state(drive, model.prepare(model.params))
+    y = y + 0.05 * torch.randn(y.shape, generator=gen, dtype=F64)
+    field, rules = model.field_and_plasticity(0.0, y, drive, model.params)
+    nonlinear, same_rules = model.field_and_plasticity(0.0, y, drive, model.params,
+                                                       without_decay=True)
+    k = model.linear_decay(0.0, drive)
+    assert float((k * y).abs().max()) > 0.1                 # the decay is not negligible
+    torch.testing.assert_close(nonlinear, field + k * y, rtol=0, atol=1e-14)
+    for n in rules:
+        for a, b in zip(rules[n], same_rules[n]):
+            assert (a is None and b is None) or torch.equal(a, b)
+
+
+def test_coupled_etdrk4_reads_the_rates_without_decay_or_adds_the_decay_itself(monkeypatch):
+    """The same coupled presentation with the model's own ``N`` and with the engine adding
+    ``k y`` to the field (``rates_without_decay`` switched off): weights equal to round-off."""
+    model = TwoPhaseDTP([6, 8, 8, 3], mu=0.1, dtype=F64, seed=4, bias=True, eta=0.02,
+                        eta_inv=0.02)
+    x = torch.randn(8, 6, generator=torch.Generator().manual_seed(11), dtype=F64)
+    teach = Nudge(torch.arange(8) % 3, "cross_entropy", 0.5)
+    sched = Schedule.two_phase(20.0, 20.0)
+    kw = dict(mode="coupled", method="etdrk4", step_size=3.0)
+    own = present(model, x, teach, sched, **kw).params
+    monkeypatch.setattr(TwoPhaseDTP, "rates_without_decay", False)
+    added = present(model, x, teach, sched, **kw).params
+    for n in ("W", "b", "Q"):
+        for p, q, p0 in zip(own[n], added[n], model.params[n]):
+            assert float((q - p0).abs().max()) > 1e-4, n        # the weights did move
+            torch.testing.assert_close(p, q, rtol=0, atol=1e-13)

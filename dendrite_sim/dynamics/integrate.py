@@ -117,16 +117,20 @@ class _Field(torch.nn.Module):
     def lanes(self, t, state):
         """The field of the coupled state as two lanes ``(y, displacement)`` (the neural state
         ``(B, N)`` and the flat displacement of the integrated parameters; the exponential
-        methods step them apart): ``(dy/dt, d displacement/dt)``."""
+        methods step them apart): ``(dy/dt, d displacement/dt)``, with ``dy/dt + k y`` in
+        place of ``dy/dt`` where the model computes that directly
+        (``rates_without_decay``)."""
         self._count(t)
-        dy, *rates = self._with_plasticity(t, *state)
+        dy, *rates = self._with_plasticity(t, *state,
+                                           without_decay=self.model.rates_without_decay)
         return dy, self.pack(rates)
 
-    def _with_plasticity(self, t, y, displacement) -> list:
+    def _with_plasticity(self, t, y, displacement, without_decay=False) -> list:
         """``[dy/dt, *rates of the integrated parameters]``; a rule switched off (rate
         ``None``) is integrated as zero."""
+        asked = {"without_decay": True} if without_decay else {}   # only where declared
         dy, rates = self.model.field_and_plasticity(t, y, self.drive,
-                                                    self._params_of(displacement))
+                                                    self._params_of(displacement), **asked)
         return [dy] + [zero if rates[n][k] is None else rates[n][k]
                        for (n, k), zero in zip(self.slots, self.zeros)]
 
@@ -290,7 +294,8 @@ def _exponential(func, y, seg, integ):
                                         func.decay(middle), **options)
         return solution.ys, None, solution.nfev
     solution = rk.solve_exponential(func.lanes, (y, func.pack(func.zeros)), seg,
-                                    integ.backend.solver, func.decay(middle), **options)
+                                    integ.backend.solver, func.decay(middle),
+                                    gives_nonlinear=func.model.rates_without_decay, **options)
     return (*solution.ys, solution.nfev)
 
 

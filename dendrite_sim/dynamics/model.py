@@ -170,6 +170,11 @@ class NetworkModel:
     #: (``Drive.example_gates``, ``(B, 1)`` tensors broadcast over each example's units); the
     #: quasi-static learner then solves two phases' equilibria as one batch
     gates_per_example = False
+    #: whether :meth:`field_and_plasticity` takes ``without_decay=True`` and then returns, in
+    #: place of the field, ``N = field + k y`` with ``k`` of :meth:`linear_decay` (computed
+    #: without the decay rather than by adding it back): coupled mode's exponential methods
+    #: then read ``N`` directly
+    rates_without_decay = False
 
     sizes: list[int]
     layout: Layout

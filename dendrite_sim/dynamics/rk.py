@@ -492,7 +492,7 @@ EXPONENTIAL = {"etd1": (_etd1, 1), "etdrk2": (_etdrk2, 2), "etdrk4": (_etdrk4, 4
 
 
 def solve_exponential(func, y0, t, method: str, decay, *, step_size: float,
-                      max_steps=10_000) -> Solution:
+                      max_steps=10_000, gives_nonlinear=False) -> Solution:
     """Fixed steps of the exponential Runge-Kutta ``method`` (:data:`EXPONENTIAL`) for
     ``dy/dt = func(t, y) = -k y + N(t, y)``, ``k = decay >= 0`` (broadcastable to ``y0``,
     constant over ``t``): the linear decay is integrated exactly (``phi`` functions of
@@ -506,20 +506,23 @@ def solve_exponential(func, y0, t, method: str, decay, *, step_size: float,
     its coefficients are plain numbers, the classical method), ``func`` maps ``(t, lanes)`` to
     lanes; ``Solution.ys`` is then the tuple of each lane's outputs. (The coupled state of
     :mod:`~dendrite_sim.dynamics.integrate`: the neural state, whose decay is one row of
-    rates spread over the batch, and the weights', without decay.)"""
+    rates spread over the batch, and the weights', without decay.)
+
+    ``gives_nonlinear``: ``func`` returns ``N(t, y)`` itself (the field plus ``k y``)."""
     lanes = isinstance(y0, tuple)
     y0, decay = (y0, decay) if lanes else ((y0,), (decay,))
     step, evaluations = EXPONENTIAL[method]
     grid = _fixed_grid([float(v) for v in t], step_size, max_steps)
     k = [0 if _no_decay(rate) else torch.as_tensor(rate, dtype=v.dtype, device=v.device)
          for rate, v in zip(decay, y0)]
+    added = [0] * len(k) if gives_nonlinear else k      # the decay N(y) adds to func's value
     run = (lambda s, y: func(s, tuple(y))) if lanes else (lambda s, y: (func(s, y[0]),))
     ys, y = [y0], y0
     for a, h, n in grid:
         coefficients = _Lanes([_exponential_coefficients(rate, h, v.dtype)
                                for rate, v in zip(k, y0)])
         for i in range(n):
-            y = step(run, a + i * h, y, h, k, coefficients)
+            y = step(run, a + i * h, y, h, added, coefficients)
         ys.append(y)
     steps = sum(n for _, _, n in grid)
     stacked = tuple(torch.stack(lane) for lane in zip(*ys))

@@ -42,6 +42,7 @@ class MixingNetwork(NetworkModel):
     picard_relaxation = False   # the layer sweep
     relaxation_factor = 1.15    # over-relaxed sweeps (SOR; docs/derivations.md §7)
     gates_per_example = True    # gates enter as factors of the teaching signal and rates
+    rates_without_decay = True  # (6.1) without -h / tau; the variables' own (auxiliary_rates)
     # (6.26)/(6.37) read the reconstruction error g_i(h_{i+1}) - h_i, of the activity's size;
     # (6.17)/(6.35) read differences of order mu * eta_hat and need the full tolerance
     coarse_rate_groups = ("Q",)
@@ -163,9 +164,10 @@ class MixingNetwork(NetworkModel):
         (:meth:`auxiliary_rates`), in layout order."""
         return self.rates(t, y, drive, P, self.layout.variables)
 
-    def auxiliary_rates(self, t, parts, drive) -> dict:
+    def auxiliary_rates(self, t, parts, drive, without_decay=False) -> dict:
         """``{variable: per-layer rates}`` of the state variables beyond the activity, from
-        the unpacked state ``parts`` (none here; e.g. the two-phase trace)."""
+        the unpacked state ``parts`` (none here; e.g. the two-phase trace); ``without_decay``:
+        the rates plus the variable's :meth:`auxiliary_decay` times its value."""
         return {}
 
     def rates(self, t, y, drive, P, variables):
@@ -174,24 +176,25 @@ class MixingNetwork(NetworkModel):
         parts = self.layout.unpack(y)
         return self._rates(t, parts, drive, variables, self.flow([drive.x] + parts["h"], P))
 
-    def _rates(self, t, parts, drive, variables, flow):
+    def _rates(self, t, parts, drive, variables, flow, without_decay=False):
         return self._by_variable(t, parts, drive, variables,
-                                 lambda h: self._somatic(t, flow, drive),
-                                 lambda v, value, rate: rate)
+                                 lambda h: self._somatic(t, flow, drive, without_decay),
+                                 lambda v, value, rate: rate, without_decay)
 
     def plasticity(self, t, y, drive, P):
         """The rates of ``W, b`` and ``Q`` (:meth:`plastic_rates`)."""
         parts = self.layout.unpack(y)
         return self.plastic_rates(t, parts, self.flow([drive.x] + parts["h"], P), drive)
 
-    def field_and_plasticity(self, t, y, drive, params):
-        """The field and the plasticity from one :class:`Flow`: the rules reuse the field's
-        pre-activations and feedback maps. The feedback bias is not folded (``Pathways.
-        prepare``): with parameters that change at every evaluation it would cost a
-        matrix-vector product per layer to save a subtraction."""
+    def field_and_plasticity(self, t, y, drive, params, without_decay=False):
+        """The field (``without_decay``: plus :meth:`linear_decay` times ``y``) and the
+        plasticity from one :class:`Flow`: the rules reuse the field's pre-activations and
+        feedback maps. The feedback bias is not folded (``Pathways.prepare``): with
+        parameters that change at every evaluation it would cost a matrix-vector product
+        per layer to save a subtraction."""
         parts = self.layout.unpack(y)
         flow = self.flow([drive.x] + parts["h"], self.pathways.prepare(params, fold_bias=False))
-        return (self._rates(t, parts, drive, self.layout.variables, flow),
+        return (self._rates(t, parts, drive, self.layout.variables, flow, without_decay),
                 self.plastic_rates(t, parts, flow, drive))
 
     def plastic_rates(self, t, parts, flow, drive) -> dict:
@@ -223,15 +226,15 @@ class MixingNetwork(NetworkModel):
         layers = torch.split(h, self.sizes[1:], dim=-1)
         return torch.cat(self.layer_sweep(t, [drive.x, *layers], drive, P), dim=-1)
 
-    def _by_variable(self, t, parts, drive, variables, activity, other):
+    def _by_variable(self, t, parts, drive, variables, activity, other, without_decay=False):
         """The blocks of the named ``variables`` of the unpacked state ``parts`` in layout
         order: ``activity([x, h_1, ..., h_L])`` for the activity, ``other(v_i, dv_i/dt)`` per
-        layer for the others."""
+        layer for the others (their rates without decay if asked)."""
         blocks = activity([drive.x] + parts[self.activity]) if self.activity in variables \
             else []
         moving = [v for v in self._others if v in variables]
         if moving:
-            rates = self.auxiliary_rates(t, parts, drive)
+            rates = self.auxiliary_rates(t, parts, drive, without_decay)
             blocks += [other(v, p, r) for v in moving for p, r in zip(parts[v], rates[v])]
         return torch.cat(blocks, dim=-1)
 
@@ -266,11 +269,14 @@ class MixingNetwork(NetworkModel):
             return torch.where(teach == 0, f, mixed)
         return mixed
 
-    def _somatic(self, t, flow, drive):
-        """``dh_i/dt = (-h_i + (1-mu) f_i(h_{i-1}) + mu g_i(h_{i+1})) / tau``  (6.1)."""
+    def _somatic(self, t, flow, drive, without_decay=False):
+        """``dh_i/dt = (-h_i + (1-mu) f_i(h_{i-1}) + mu g_i(h_{i+1})) / tau``  (6.1), without
+        the leak ``-h_i / tau`` if ``without_decay``."""
         g = self._apicals(t, flow, drive)
-        return [per_time(torch.lerp(flow.basal(i), gi, self.mu) - hi, self.tau)
-                for i, (hi, gi) in enumerate(zip(flow.h[1:], g), start=1)]
+        mixed = [torch.lerp(flow.basal(i), gi, self.mu) for i, gi in enumerate(g, start=1)]
+        if not without_decay:
+            mixed = [m - hi for m, hi in zip(mixed, flow.h[1:])]
+        return [per_time(m, self.tau) for m in mixed]
 
     def forward_pass(self, x, P):
         """``[f_1(x), f_2(f_1(x)), ...]`` — the free equilibrium with exact inverses (§6.4)."""
@@ -382,12 +388,15 @@ def per_time(change: torch.Tensor, time_constant) -> torch.Tensor:
     return change if _is(time_constant, 1) else change / time_constant
 
 
-def relax(rate, value: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``dv/dt = rate (target - v)``, sparing the operations of a plain-number rate 0 (a held
+def relax(rate, value: torch.Tensor, target: torch.Tensor,
+          without_decay=False) -> torch.Tensor:
+    """``dv/dt = rate (target - v)`` (``without_decay``: ``rate target``, the rate without its
+    linear decay ``-rate v``), sparing the operations of a plain-number rate 0 (a held
     variable) or 1."""
     if _is(rate, 0):
         return torch.zeros_like(value)
-    return target - value if _is(rate, 1) else rate * (target - value)
+    change = target if without_decay else target - value
+    return change if _is(rate, 1) else rate * change
 
 
 def _is(number, value) -> bool:
