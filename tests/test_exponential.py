@@ -106,18 +106,24 @@ MODELS = {
 }
 
 
+def perturbed_state(model, batch, trace, seed):
+    """A drive (random input and target, the trace gate ``trace``) and a random state near
+    its initial one, for the models of :data:`MODELS` (5 inputs, 3 outputs)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 5, generator=gen, dtype=F64)
+    drive = model.drive(x, 0.2 + 0.5 * torch.rand(batch, 3, generator=gen, dtype=F64),
+                        {"trace": trace})
+    y = model.initial_state(drive, model.prepare(model.params))
+    return drive, y + 0.05 * torch.randn(y.shape, generator=gen, dtype=F64)
+
+
 @pytest.mark.parametrize("name", list(MODELS))
 @pytest.mark.parametrize("trace", [1.0, 0.0])
 def test_linear_decay_is_the_fields_own_diagonal(name, trace):
     """For every model that declares it, ``-linear_decay`` is the diagonal of the field's
     Jacobian (forward-mode autodiff) at a random state, with the trace on and off."""
     model = MODELS[name]()
-    gen = torch.Generator().manual_seed(7)
-    x = torch.randn(1, 5, generator=gen, dtype=F64)
-    drive = model.drive(x, 0.2 + 0.5 * torch.rand(1, 3, generator=gen, dtype=F64),
-                        {"trace": trace})
-    y = model.initial_state(drive, model.prepare(model.params))
-    y = y + 0.05 * torch.randn(y.shape, generator=gen, dtype=F64)
+    drive, y = perturbed_state(model, batch=1, trace=trace, seed=7)
     prepared = model.prepare(model.params)
     J = torch.func.jacfwd(lambda v: model.field(0.0, v[None], drive, prepared)[0])(y[0])
     k = model.linear_decay(0.0, drive)
@@ -232,12 +238,7 @@ def test_rates_without_decay_are_the_field_plus_its_linear_decay(name, trace):
     the plain field), the plasticity unchanged."""
     model = MODELS[name]()
     assert model.rates_without_decay
-    gen = torch.Generator().manual_seed(8)
-    x = torch.randn(3, 5, generator=gen, dtype=F64)
-    drive = model.drive(x, 0.2 + 0.5 * torch.rand(3, 3, generator=gen, dtype=F64),
-                        {"trace": trace})
-    y = model.initial_state(drive, model.prepare(model.params))
-    y = y + 0.05 * torch.randn(y.shape, generator=gen, dtype=F64)
+    drive, y = perturbed_state(model, batch=3, trace=trace, seed=8)
     field, rules = model.field_and_plasticity(0.0, y, drive, model.params)
     nonlinear, same_rules = model.field_and_plasticity(0.0, y, drive, model.params,
                                                        without_decay=True)
